@@ -1,0 +1,1 @@
+"""ringfs backend_server package."""

@@ -1,0 +1,1 @@
+"""ringfs channel package."""

@@ -1,0 +1,39 @@
+"""The channel's exception types and its one errno convention.
+
+Errors cross the channel as a completion status: 0 for success, a negative errno otherwise,
+never as text. These exceptions exist only at the edges, where bytes become values.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+
+class ChannelError(Exception):
+    """Base class of every error the channel raises."""
+
+
+class ProtocolError(ChannelError):
+    """Bytes in the region, or on a socket, that do not form a valid message."""
+
+    errno = errno.EPROTO
+
+
+class HandshakeRefused(ChannelError):
+    """The server answered a hello with a refusal; the reason is in the message."""
+
+
+class ChannelClosed(ChannelError):
+    """The peer is gone, or the channel was closed."""
+
+
+def status_to_oserror(status: int, what: str = "") -> OSError:
+    """Turn a negative-errno completion status into the OSError the os module would raise."""
+    code = -status
+    return OSError(code, os.strerror(code), what) if what else OSError(code, os.strerror(code))
+
+
+def oserror_to_status(exc: OSError) -> int:
+    """Turn an OSError into a completion status (EIO when it carries no errno)."""
+    return -(exc.errno or errno.EIO)

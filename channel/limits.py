@@ -1,0 +1,47 @@
+"""Every limit of the channel, defined once.
+
+Each number says why it is what it is; the server treats a region as hostile input, so every
+length and count read from shared memory is checked against these before it is used.
+"""
+
+from __future__ import annotations
+
+#: Wire and region version; both sides refuse a peer that speaks another one.
+PROTOCOL_VERSION = 1
+
+#: Ring sizes are powers of two so that a 64-bit counter maps to a slot with a mask.
+MIN_RING_ENTRIES = 2
+MAX_RING_ENTRIES = 4096
+
+#: A slot carries a fixed header plus a msgpack body. 8 KiB fits the largest body we send
+#: (a symlink target of PATH_MAX plus a name of NAME_MAX), so no body spills into a data buffer.
+MIN_SLOT_SIZE = 256
+MAX_SLOT_SIZE = 64 * 1024
+
+#: Data buffers hold bulk payloads. 1 MiB is FUSE's largest read/write with max_pages=256.
+MIN_BUFFER_SIZE = 4096
+MAX_BUFFER_SIZE = 4 * 1024 * 1024
+MAX_BUFFERS = 1024
+
+#: The whole region, so that a client cannot make the server map something absurd.
+MAX_REGION_SIZE = 1 << 31
+
+#: Linux's own limits, enforced by the server before it makes a system call.
+NAME_MAX = 255
+PATH_MAX = 4096
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 64 * 1024
+
+#: The handshake's one message each way; a hello larger than this is garbage.
+MAX_HANDSHAKE_MESSAGE = 64 * 1024
+#: File descriptors a hello may carry (memfd, SQ eventfd, CQ eventfd).
+HANDSHAKE_FDS = 3
+#: Seconds a peer has to finish its handshake before the server hangs up.
+HANDSHAKE_TIMEOUT = 5.0
+
+#: Default spin before a consumer parks (seconds). Spinning costs a core on a two-core machine,
+#: so the interval is short: long enough to catch the next command of a busy stream.
+DEFAULT_IDLE_SPIN = 0.001
+#: Upper bound on one sleep of a parked consumer (seconds). The wake-up protocol is fenced,
+#: but should a wake-up ever be lost, no command waits longer than this.
+SLEEP_BOUND = 0.010

@@ -1,0 +1,90 @@
+"""Opcodes: the names of the operations a command can carry, and what each one's body holds.
+
+The channel moves these without interpreting them; the server gives them meaning. Hot fields
+travel in the fixed command header (`ino`, `fh`, `offset`, `size`, the caller's uid/gid/pid/umask);
+the msgpack body holds the rest, as listed. Names and paths are bytes (Linux names are bytes).
+Bulk data (write payloads, read results, directory pages, xattr values) travels in a data buffer.
+
+| opcode      | header fields used            | body                                  | reply body / value      |
+|-------------|-------------------------------|---------------------------------------|-------------------------|
+| NOP         | -                             | anything (echoed)                     | the same body           |
+| LOOKUP      | ino=parent                    | [name]                                | entry                   |
+| FORGET      | ino                           | [nlookup]                             | -                       |
+| BATCH_FORGET| -                             | [[ino, nlookup], ...]                 | -                       |
+| GETATTR     | ino, fh (0: none)             | -                                     | attr                    |
+| SETATTR     | ino, fh                       | {mode,uid,gid,size,atime,mtime...}    | attr                    |
+| READLINK    | ino                           | -                                     | [target]                |
+| MKNOD       | ino=parent, umask             | [name, mode, rdev]                    | entry                   |
+| MKDIR       | ino=parent, umask             | [name, mode]                          | entry                   |
+| UNLINK      | ino=parent                    | [name]                                | -                       |
+| RMDIR       | ino=parent                    | [name]                                | -                       |
+| SYMLINK     | ino=parent                    | [name, target]                        | entry                   |
+| RENAME      | ino=old parent                | [name, new_parent, new_name, flags]   | -                       |
+| LINK        | ino                           | [new_parent, new_name]                | entry                   |
+| OPEN        | ino                           | [flags]                               | value=fh                |
+| CREATE      | ino=parent, umask             | [name, mode, flags]                   | entry, value=fh         |
+| READ        | fh, offset, size; buffer out  | -                                     | data in buffer          |
+| WRITE       | fh, offset; buffer in         | -                                     | value=bytes written     |
+| FLUSH       | fh                            | -                                     | -                       |
+| RELEASE     | fh                            | -                                     | -                       |
+| FSYNC       | fh, flags=datasync            | -                                     | -                       |
+| OPENDIR     | ino                           | -                                     | value=fh                |
+| READDIR     | fh, offset; buffer out        | -                                     | [count], entries in buf |
+| RELEASEDIR  | fh                            | -                                     | -                       |
+| FSYNCDIR    | fh, flags=datasync            | -                                     | -                       |
+| STATFS      | ino                           | -                                     | statvfs fields          |
+| SETXATTR    | ino; buffer in (value)        | [name, flags]                         | -                       |
+| GETXATTR    | ino, size; buffer out         | [name]                                | value=length            |
+| LISTXATTR   | ino, size; buffer out         | -                                     | value=length            |
+| REMOVEXATTR | ino                           | [name]                                | -                       |
+| ACCESS      | ino                           | [mask]                                | -                       |
+| FALLOCATE   | fh, offset, size              | [mode]                                | -                       |
+| GETLK/SETLK | fh                            | lock description                      | lock description        |
+| FLOCK       | fh                            | [operation]                           | -                       |
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Op(IntEnum):
+    NOP = 0
+    LOOKUP = 1
+    FORGET = 2
+    BATCH_FORGET = 3
+    GETATTR = 4
+    SETATTR = 5
+    READLINK = 6
+    MKNOD = 7
+    MKDIR = 8
+    UNLINK = 9
+    RMDIR = 10
+    SYMLINK = 11
+    RENAME = 12
+    LINK = 13
+    OPEN = 14
+    CREATE = 15
+    READ = 16
+    WRITE = 17
+    FLUSH = 18
+    RELEASE = 19
+    FSYNC = 20
+    OPENDIR = 21
+    READDIR = 22
+    RELEASEDIR = 23
+    FSYNCDIR = 24
+    STATFS = 25
+    SETXATTR = 26
+    GETXATTR = 27
+    LISTXATTR = 28
+    REMOVEXATTR = 29
+    ACCESS = 30
+    FALLOCATE = 31
+    GETLK = 32
+    SETLK = 33
+    FLOCK = 34
+
+
+#: Every opcode value, for O(1) validation of a header's opcode field.
+OPCODE_VALUES = frozenset(int(op) for op in Op)

@@ -1,0 +1,1 @@
+"""ringfs fusefront package."""

@@ -1,0 +1,1 @@
+"""The ringfs command line: one module per subcommand."""

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One set-up path for README and CI: Debian packages (only when missing), .venv, editable install.
+# Idempotent; quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debs=(fuse3 libfuse3-dev pkg-config fio git sqlite3 tar attr procps psmisc)
+missing=()
+for p in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to install ${missing[*]}" >&2; exit 1; fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+py=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    "$py" -m venv .venv
+fi
+stamp=.venv/.ringfs-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing ringfs (editable) with its test extra"
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[test]'
+    touch "$stamp"
+fi
