@@ -88,3 +88,16 @@ class Op(IntEnum):
 
 #: Every opcode value, for O(1) validation of a header's opcode field.
 OPCODE_VALUES = frozenset(int(op) for op in Op)
+
+
+#: Layout of an `attr` list in reply bodies (index constants, so both sides agree):
+#: [ino, mode, nlink, uid, gid, rdev, size, blocks, blksize, atime_ns, mtime_ns, ctime_ns]
+ATTR_FIELDS = (
+    "ino", "mode", "nlink", "uid", "gid", "rdev", "size", "blocks", "blksize",
+    "atime_ns", "mtime_ns", "ctime_ns",
+)  # fmt: skip
+#: An `entry` reply body is [attr, generation]; the entry's lookup count was incremented.
+#: READDIR's buffer holds msgpack [[name, attr, next_offset], ...]; each returned entry's
+#: lookup count was incremented (the driver FORGETs the ones it could not pass on).
+#: SETATTR body keys: "mode", "uid", "gid", "size", "atime_ns", "mtime_ns" (int, or the
+#: strings "now"; an absent key means omit).
