@@ -24,7 +24,11 @@ fi
 stamp=.venv/.ringfs-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing ringfs (editable) with its test extra"
-    .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test]'
+    log=.venv/setup.log
+    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "setup: pip install failed" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
