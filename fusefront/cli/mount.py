@@ -1,0 +1,58 @@
+"""`ringfs mount SOCKET MOUNTPOINT [-o opts] [-f]`: mount a running server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from fusefront.cli.daemon import run_in_background
+from fusefront.mount import MountError, run_driver
+from fusefront.options import MountOptions, OptionError
+
+
+def add_mount_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint")
+    p.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        metavar="OPTS",
+        help="comma-separated: cache=none|auto|always, writeback, transport=shm|socket, debug, "
+        "and FUSE options (allow_other, default_permissions, ro, ...)",
+    )
+    p.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("-d", "--debug", action="store_true", help="debug logging (implies -f)")
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("mount", help="mount a running server")
+    p.add_argument("socket", help="the server's Unix socket")
+    add_mount_arguments(p)
+    p.set_defaults(run=run)
+
+
+def mount_main(args: argparse.Namespace, *, socket_path: str, export: str | None) -> int:
+    """Shared by `mount` and `up`: parse options, then mount in the foreground or background."""
+    try:
+        opts = MountOptions.parse(args.options)
+    except OptionError as exc:
+        print(f"ringfs: {exc}", file=sys.stderr)
+        return 2
+    opts.debug = opts.debug or args.debug
+
+    def body(ready: Any) -> None:
+        run_driver(args.mountpoint, opts, socket_path=socket_path, export=export, ready=ready)
+
+    if args.foreground or opts.debug:
+        try:
+            body(lambda: None)
+        except MountError as exc:
+            print(f"ringfs: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    return run_in_background(body)
+
+
+def run(args: argparse.Namespace) -> int:
+    return mount_main(args, socket_path=args.socket, export=None)

@@ -1,0 +1,292 @@
+"""The pyfuse3 `Operations` that forwards every FUSE request as a command on the driver channel.
+
+Each method builds one command (carrying the request's uid, gid, pid and umask in the fixed
+header) and maps the completion back: a negative errno becomes `FUSEError`, attributes become
+`EntryAttributes`. No file-system logic lives here; the server decides everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from channel.errors import ChannelClosed
+from channel.limits import XATTR_SIZE_MAX
+from channel.opcodes import Op
+from channel.protocol import unpack_body
+from fusefront.cache import CacheMode
+
+log = logging.getLogger(__name__)
+
+#: Root xattr through which the driver describes itself (pids, sockets) to local tools.
+INFO_XATTR = b"user.ringfs.info"
+#: Bytes of directory entries asked for per READDIR command.
+READDIR_PAGE = 64 * 1024
+
+
+class Reply(Protocol):
+    status: int
+    value: int
+    body: Any
+    data: bytes | None
+
+
+class Client(Protocol):
+    async def call(
+        self,
+        opcode: int,
+        body: Any = None,
+        *,
+        data: bytes | memoryview | None = None,
+        read_size: int = 0,
+        **fields: int,
+    ) -> Reply: ...
+
+
+def _ctx_fields(ctx: pyfuse3.RequestContext) -> dict[str, int]:
+    return {"uid": ctx.uid, "gid": ctx.gid, "pid": ctx.pid, "umask": ctx.umask}
+
+
+class RingOperations(pyfuse3.Operations):
+    """Every operation is one round trip on the driver channel."""
+
+    supports_dot_lookup = True
+
+    def __init__(
+        self,
+        client: Client,
+        cache: CacheMode,
+        *,
+        writeback: bool = False,
+        info: Callable[[], bytes] = lambda: b"{}",
+    ) -> None:
+        super().__init__()
+        self.client = client
+        self.cache = cache
+        self.enable_writeback_cache = writeback
+        self._info = info
+
+    async def _call(self, opcode: int, body: Any = None, **kwargs: Any) -> Reply:
+        try:
+            reply = await self.client.call(opcode, body, **kwargs)
+        except ChannelClosed:
+            raise FUSEError(errno.ENOTCONN) from None
+        if reply.status < 0:
+            raise FUSEError(-reply.status)
+        return reply
+
+    def _attr(self, fields: Sequence[int], generation: int = 0) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        (
+            a.st_ino, a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_size,
+            a.st_blocks, a.st_blksize, a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns,
+        ) = fields  # fmt: skip
+        a.generation = generation
+        a.entry_timeout = a.attr_timeout = self.cache.timeout
+        return a
+
+    def _entry(self, body: Any) -> pyfuse3.EntryAttributes:
+        attr, generation = body
+        return self._attr(attr, generation)
+
+    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(
+            fh=fh, direct_io=self.cache.direct_io, keep_cache=self.cache.keep_cache
+        )
+
+    # -- names --------------------------------------------------------------------------
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> Any:
+        reply = await self._call(Op.LOOKUP, [name], ino=parent_inode, **_ctx_fields(ctx))
+        return self._entry(reply.body)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        with contextlib.suppress(ChannelClosed):
+            await self.client.call(Op.BATCH_FORGET, [list(pair) for pair in inode_list])
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Any:
+        reply = await self._call(Op.GETATTR, ino=inode, **_ctx_fields(ctx))
+        return self._attr(reply.body)
+
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> Any:
+        changes: dict[str, int] = {}
+        if fields.update_mode:
+            changes["mode"] = attr.st_mode
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_size:
+            changes["size"] = attr.st_size
+        if fields.update_atime:
+            changes["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+        reply = await self._call(Op.SETATTR, changes, ino=inode, fh=fh or 0, **_ctx_fields(ctx))
+        return self._attr(reply.body)
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        reply = await self._call(Op.READLINK, ino=inode, **_ctx_fields(ctx))
+        target: bytes = reply.body[0]
+        return target
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> Any:
+        reply = await self._call(Op.MKNOD, [name, mode, rdev], ino=parent_inode, **_ctx_fields(ctx))
+        return self._entry(reply.body)
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> Any:
+        reply = await self._call(Op.MKDIR, [name, mode], ino=parent_inode, **_ctx_fields(ctx))
+        return self._entry(reply.body)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(Op.UNLINK, [name], ino=parent_inode, **_ctx_fields(ctx))
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(Op.RMDIR, [name], ino=parent_inode, **_ctx_fields(ctx))
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> Any:
+        reply = await self._call(Op.SYMLINK, [name, target], ino=parent_inode, **_ctx_fields(ctx))
+        return self._entry(reply.body)
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        await self._call(
+            Op.RENAME,
+            [name_old, parent_inode_new, name_new, flags],
+            ino=parent_inode_old,
+            **_ctx_fields(ctx),
+        )
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> Any:
+        reply = await self._call(
+            Op.LINK, [new_parent_inode, new_name], ino=inode, **_ctx_fields(ctx)
+        )
+        return self._entry(reply.body)
+
+    # -- files --------------------------------------------------------------------------
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> Any:
+        reply = await self._call(Op.OPEN, [flags], ino=inode, **_ctx_fields(ctx))
+        return self._file_info(reply.value)
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> Any:
+        reply = await self._call(
+            Op.CREATE, [name, mode, flags], ino=parent_inode, **_ctx_fields(ctx)
+        )
+        return self._file_info(reply.value), self._entry(reply.body)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        reply = await self._call(Op.READ, fh=fh, offset=off, size=size, read_size=size)
+        return reply.data or b""
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        reply = await self._call(Op.WRITE, fh=fh, offset=off, data=buf)
+        return reply.value
+
+    async def flush(self, fh: int) -> None:
+        await self._call(Op.FLUSH, fh=fh)
+
+    async def release(self, fh: int) -> None:
+        await self._call(Op.RELEASE, fh=fh)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._call(Op.FSYNC, fh=fh, flags=int(datasync))
+
+    # -- directories --------------------------------------------------------------------
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        reply = await self._call(Op.OPENDIR, ino=inode, **_ctx_fields(ctx))
+        return reply.value
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+
+        offset = start_id
+        while True:
+            reply = await self._call(
+                Op.READDIR, fh=fh, offset=offset, size=READDIR_PAGE, read_size=READDIR_PAGE
+            )
+            entries = unpack_body(reply.data) if reply.data else []
+            if not entries:
+                return
+            for i, (name, attr, next_offset) in enumerate(entries):
+                if not pyfuse3.readdir_reply(token, name, self._attr(attr), next_offset):
+                    # The server counted a lookup for every entry it sent; give back the rest.
+                    await self.forget([(rest[1][0], 1) for rest in entries[i:]])
+                    return
+                offset = next_offset
+
+    async def releasedir(self, fh: int) -> None:
+        await self._call(Op.RELEASEDIR, fh=fh)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self._call(Op.FSYNCDIR, fh=fh, flags=int(datasync))
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> Any:
+        reply = await self._call(Op.STATFS, ino=pyfuse3.ROOT_INODE, **_ctx_fields(ctx))
+        s = pyfuse3.StatvfsData()
+        for key, value in reply.body.items():
+            setattr(s, key, value)
+        return s
+
+    # -- extended attributes ------------------------------------------------------------
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        await self._call(Op.SETXATTR, [name, 0], ino=inode, data=value, **_ctx_fields(ctx))
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if inode == pyfuse3.ROOT_INODE and name == INFO_XATTR:
+            return self._info()  # the driver describes itself: `ringfs stats`, discovery
+        reply = await self._call(
+            Op.GETXATTR,
+            [name],
+            ino=inode,
+            size=XATTR_SIZE_MAX,
+            read_size=XATTR_SIZE_MAX,
+            **_ctx_fields(ctx),
+        )
+        return reply.data or b""
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        reply = await self._call(
+            Op.LISTXATTR,
+            ino=inode,
+            size=XATTR_SIZE_MAX,
+            read_size=XATTR_SIZE_MAX,
+            **_ctx_fields(ctx),
+        )
+        return [n for n in (reply.data or b"").split(b"\0") if n]
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(Op.REMOVEXATTR, [name], ino=inode, **_ctx_fields(ctx))
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        await self._call(Op.ACCESS, [mode], ino=inode, **_ctx_fields(ctx))
+        return True

@@ -1,0 +1,186 @@
+"""Running the driver: connect to a server, mount, serve FUSE until unmounted or signalled.
+
+`run_driver` is the whole life of a mount process. In `up` mode it also owns the server
+process it started (a child of the driver), so that unmounting stops everything and no
+process is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyfuse3
+import trio
+
+from channel.client import TrioClient
+from channel.layout import Geometry
+from channel.socket_transport import SocketTrioClient
+from fusefront.driver import INFO_XATTR, RingOperations
+from fusefront.options import MountOptions
+
+log = logging.getLogger(__name__)
+
+#: The driver channel: many FUSE requests in flight, each with a 1 MiB data buffer.
+DRIVER_GEOMETRY = Geometry(sq_entries=256, cq_entries=256, slot_size=8192, buf_count=64)
+#: Seconds `up` waits for its server's socket, and `umount` for processes to exit.
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+
+
+class MountError(Exception):
+    """A mount that cannot be made; the message is meant for the user."""
+
+
+@dataclass
+class DriverInfo:
+    """What `ringfs stats`/`umount` learn from the mount (root xattr `user.ringfs.info`)."""
+
+    driver_pid: int
+    server_pid: int
+    server_socket: str
+    owns_server: bool
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    """Refuse a missing, non-directory or already mounted mount point with a clear message."""
+    if not os.path.exists(mountpoint):
+        raise MountError(f"mount point {mountpoint} does not exist")
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"mount point {mountpoint} is busy: something is already mounted there")
+
+
+def wait_for_socket(path: str, deadline: float, proc: subprocess.Popen[bytes] | None) -> None:
+    """Block until a server accepts connections on `path` (or its process dies)."""
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise MountError(f"the server exited with status {proc.returncode} while starting")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass
+        if time.monotonic() > deadline:
+            raise MountError(f"no server answered on {path} within {START_TIMEOUT:.0f} s")
+        time.sleep(0.02)  # polling a socket that does not exist yet: nothing to wait on
+
+
+def start_server(export: str, socket_path: str, debug: bool) -> subprocess.Popen[bytes]:
+    """Start `python -m backend_server` for `export` (fusefront never imports it)."""
+    args = [sys.executable, "-m", "backend_server", export, "--socket", socket_path]
+    if debug:
+        args.append("--debug")
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+    wait_for_socket(socket_path, time.monotonic() + START_TIMEOUT, proc)
+    return proc
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def open_client(socket_path: str, opts: MountOptions) -> AsyncIterator[Any]:
+    if opts.transport == "socket":
+        async with SocketTrioClient.open(socket_path, role="driver") as client:
+            yield client
+    else:
+        async with TrioClient.open(socket_path, role="driver", geometry=DRIVER_GEOMETRY) as c:
+            yield c
+
+
+async def serve_mount(
+    socket_path: str,
+    mountpoint: str,
+    opts: MountOptions,
+    info: DriverInfo,
+    ready: Callable[[], None],
+) -> None:
+    """Connect, mount, and run FUSE until unmounted or SIGTERM/SIGINT; always unmount."""
+    async with open_client(socket_path, opts) as client:
+        info.server_pid = client.server_pid
+        ops = RingOperations(client, opts.cache, writeback=opts.writeback, info=info.to_json)
+        fuse_options = opts.fuse_options()
+        if opts.debug:
+            fuse_options.add("debug")
+        pyfuse3.init(ops, mountpoint, fuse_options)
+        unmounted = False
+        try:
+            ready()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_terminate_on_signal)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+            unmounted = True
+        finally:
+            pyfuse3.close(unmount=not unmounted)
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for _ in signals:
+            pyfuse3.terminate()
+            return
+
+
+def run_driver(
+    mountpoint: str,
+    opts: MountOptions,
+    *,
+    socket_path: str,
+    export: str | None = None,
+    ready: Callable[[], None] = lambda: None,
+) -> None:
+    """The mount process's whole life. With `export`, start (and finally stop) a server."""
+    mountpoint = os.path.abspath(mountpoint)
+    check_mountpoint(mountpoint)
+    proc = start_server(export, socket_path, opts.debug) if export else None
+    try:
+        info = DriverInfo(os.getpid(), proc.pid if proc else 0, socket_path, proc is not None)
+        try:
+            trio.run(serve_mount, socket_path, mountpoint, opts, info, ready)
+        except FileNotFoundError as exc:
+            raise MountError(f"no server socket at {socket_path}") from exc
+        except ConnectionRefusedError as exc:
+            raise MountError(f"no server listening on {socket_path}") from exc
+        except RuntimeError as exc:
+            if "mount" in str(exc).lower() or "fuse" in str(exc).lower():
+                raise MountError(f"cannot mount {mountpoint}: {exc}") from exc
+            raise
+    finally:
+        if proc is not None:
+            stop_server(proc)
+
+
+def read_info(mountpoint: str) -> DriverInfo:
+    """The driver's own description, read from the mount's root."""
+    try:
+        raw = os.getxattr(mountpoint, INFO_XATTR.decode())
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.ENOTCONN):
+            raise MountError(f"{mountpoint} is not a live ringfs mount") from exc
+        raise
+    return DriverInfo(**json.loads(raw))
