@@ -20,6 +20,7 @@ read them through a read-only mapping at any time.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 import struct
@@ -91,6 +92,19 @@ class ServerStat:
 
 assert ClientStat.BY_OPCODE + OPCODE_COUNTERS <= STATS_BLOCK // 8
 assert ServerStat.BY_OPCODE + OPCODE_COUNTERS <= STATS_BLOCK // 8
+
+
+#: Seals a region's memfd carries, so that its size can never change under a mapping.
+SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+
+
+def size_is_sealed(fd: int) -> bool:
+    """True if `fd` is a memfd whose size can no longer shrink (mapping it is then safe)."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        return False
+    return bool(seals & fcntl.F_SEAL_SHRINK)
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -187,9 +201,12 @@ class Region:
     def create(cls, geometry: Geometry, name: str = "ringfs") -> Region:
         """Create a memfd of the geometry's size, map it and write the identity line."""
         geometry.validate()
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, geometry.region_size)
+            # A peer that maps this memfd would take SIGBUS if it shrank later: seal its size,
+            # and the server refuses a memfd without SEAL_SHRINK (see `size_is_sealed`).
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SIZE_SEALS | fcntl.F_SEAL_SEAL)
             region = cls(fd, geometry)
         except BaseException:
             os.close(fd)

@@ -45,3 +45,9 @@ DEFAULT_IDLE_SPIN = 0.001
 #: Upper bound on one sleep of a parked consumer (seconds). The wake-up protocol is fenced,
 #: but should a wake-up ever be lost, no command waits longer than this.
 SLEEP_BOUND = 0.010
+#: Upper bound on one sleep of an idle server poller (seconds). A client waiting for a command
+#: that still sits unconsumed on the SQ rings the SQ eventfd again after each of its own
+#: SLEEP_BOUND sleeps, so no command waits longer than SLEEP_BOUND even if a wake-up were lost;
+#: the server itself need not wake 100 times a second while nobody talks to it (each trio
+#: wake-up costs a few hundred microseconds of CPU on a small machine).
+IDLE_POLLER_SLEEP = 0.25

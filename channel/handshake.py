@@ -1,0 +1,476 @@
+"""The setup conversation over a Unix stream socket: hello, then accept or refusal.
+
+Messages are msgpack maps, each framed by a 4-byte little-endian length (at most
+`limits.MAX_HANDSHAKE_MESSAGE`). The hello of a shared-memory channel carries, with
+SCM_RIGHTS, the region's memfd, the SQ eventfd and the CQ eventfd (in that order); a hello with
+`transport: "socket"` carries no descriptor and the channel's commands then travel framed over
+this same socket (`channel.socket_transport`).
+
+hello  = {"version": 1, "role": "driver"|"app"|"stats", "transport": "shm"|"socket",
+          "geometry": [sq_entries, cq_entries, slot_size, buf_count, buf_size] (shm only),
+          "secret": bytes (optional), "on_behalf_of": {"pid", "uid", "gid", "groups"} (optional)}
+accept = {"accept": True, "channel_id": int, "token": 16 bytes, "server_pid": int}
+refuse = {"accept": False, "reason": str}
+
+The module has a pure part (`make_*`/`parse_*`, no I/O, so tests feed it bytes), the server's
+trio side (`accept_channel`) and the client's blocking side (`connect`, `forward`). The server
+answers every failed hello with a refusal and its reason, never by hanging up, and closes the
+descriptors it received. The socket stays open after the handshake: its end means the peer
+is gone, and both sides watch for that.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import hmac
+import os
+import secrets
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import trio
+
+from channel import doorbell, limits
+from channel.errors import HandshakeRefused, ProtocolError
+from channel.layout import Geometry, Region, size_is_sealed
+from channel.protocol import TOKEN_SIZE
+
+if TYPE_CHECKING:
+    from channel.poller import ServerChannel
+    from channel.socket_transport import SocketServerChannel
+
+ROLES = frozenset({"driver", "app", "stats"})
+TRANSPORTS = frozenset({"shm", "socket"})
+LENGTH = struct.Struct("<I")
+_FD_SIZE = array.array("i").itemsize
+#: Room for more descriptors than a hello may carry, so that "too many" is seen, not truncated.
+_ANCILLARY_FDS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """Who is on the other end: the kernel's word (SO_PEERCRED), or a trusted driver's."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+    role: str
+    transport: str
+    geometry: Geometry | None
+    secret: bytes | None
+    on_behalf_of: PeerCredentials | None
+
+    @property
+    def fd_count(self) -> int:
+        """Descriptors this hello must arrive with."""
+        return limits.HANDSHAKE_FDS if self.transport == "shm" else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    channel_id: int
+    token: bytes
+    server_pid: int
+
+
+# -- pure part -------------------------------------------------------------------------------
+
+
+def frame(payload: bytes) -> bytes:
+    """Prefix a message with its length."""
+    if len(payload) > limits.MAX_HANDSHAKE_MESSAGE:
+        raise ValueError(f"handshake message of {len(payload)} bytes is too long")
+    return LENGTH.pack(len(payload)) + payload
+
+
+def _credentials_to_map(creds: PeerCredentials) -> dict[str, Any]:
+    return {"pid": creds.pid, "uid": creds.uid, "gid": creds.gid, "groups": list(creds.groups)}
+
+
+def make_hello(
+    role: str = "app",
+    geometry: Geometry | None = None,
+    *,
+    transport: str = "shm",
+    secret: bytes | None = None,
+    on_behalf_of: PeerCredentials | None = None,
+    version: int = limits.PROTOCOL_VERSION,
+) -> bytes:
+    """The hello's payload (unframed)."""
+    hello: dict[str, Any] = {"version": version, "role": role, "transport": transport}
+    if transport == "shm":
+        hello["geometry"] = (geometry or Geometry()).as_list()
+    if secret is not None:
+        hello["secret"] = secret
+    if on_behalf_of is not None:
+        hello["on_behalf_of"] = _credentials_to_map(on_behalf_of)
+    return bytes(msgpack.packb(hello, use_bin_type=True))
+
+
+def _unpack_map(data: bytes) -> dict[str, Any]:
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception:  # msgpack raises a spread of types for bad input
+        raise ProtocolError("garbage hello: not a msgpack message") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("garbage hello: not a map")
+    return value
+
+
+def _int_field(value: object, what: str) -> int:
+    if type(value) is not int or not 0 <= value < 1 << 32:
+        raise ProtocolError(f"{what} must be a 32-bit unsigned integer")
+    return value
+
+
+def _parse_credentials(value: object) -> PeerCredentials:
+    if not isinstance(value, dict):
+        raise ProtocolError("on_behalf_of must be a map")
+    groups = value.get("groups", [])
+    if not isinstance(groups, list) or len(groups) > 65536:
+        raise ProtocolError("on_behalf_of.groups must be a list of integers")
+    return PeerCredentials(
+        _int_field(value.get("pid"), "on_behalf_of.pid"),
+        _int_field(value.get("uid"), "on_behalf_of.uid"),
+        _int_field(value.get("gid"), "on_behalf_of.gid"),
+        tuple(_int_field(g, "on_behalf_of.groups") for g in groups),
+    )
+
+
+def parse_hello(data: bytes) -> Hello:
+    """Validate a hello's payload; ProtocolError whose message is the refusal's reason."""
+    hello = _unpack_map(data)
+    version = hello.get("version")
+    if version != limits.PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"wrong version: {version!r}, this server speaks {limits.PROTOCOL_VERSION}"
+        )
+    role = hello.get("role")
+    if role not in ROLES:
+        raise ProtocolError(f"unknown role {role!r}")
+    transport = hello.get("transport", "shm")
+    if transport not in TRANSPORTS:
+        raise ProtocolError(f"unknown transport {transport!r}")
+    geometry = Geometry.from_list(hello.get("geometry")) if transport == "shm" else None
+    secret = hello.get("secret")
+    if secret is not None and not isinstance(secret, bytes):
+        raise ProtocolError("secret must be bytes")
+    forwarded = hello.get("on_behalf_of")
+    on_behalf_of = None if forwarded is None else _parse_credentials(forwarded)
+    return Hello(version, role, transport, geometry, secret, on_behalf_of)
+
+
+def make_accept(channel_id: int, token: bytes, server_pid: int) -> bytes:
+    answer = {"accept": True, "channel_id": channel_id, "token": token, "server_pid": server_pid}
+    return bytes(msgpack.packb(answer, use_bin_type=True))
+
+
+def make_refusal(reason: str) -> bytes:
+    return bytes(msgpack.packb({"accept": False, "reason": reason}, use_bin_type=True))
+
+
+def parse_answer(data: bytes) -> Accept:
+    """The server's answer: an Accept, HandshakeRefused(reason), or ProtocolError."""
+    try:
+        answer = _unpack_map(data)
+    except ProtocolError:
+        raise ProtocolError("garbage answer from the server") from None
+    if answer.get("accept") is False:
+        raise HandshakeRefused(str(answer.get("reason", "no reason given")))
+    channel_id, token, server_pid = (answer.get(k) for k in ("channel_id", "token", "server_pid"))
+    if not (
+        answer.get("accept") is True
+        and type(channel_id) is int
+        and type(server_pid) is int
+        and isinstance(token, bytes)
+        and len(token) == TOKEN_SIZE
+    ):
+        raise ProtocolError("malformed accept from the server")
+    return Accept(channel_id, token, server_pid)
+
+
+def _fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array("i", data[: len(data) - len(data) % _FD_SIZE]))
+    return fds
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+# -- server side (trio) ----------------------------------------------------------------------
+
+
+def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> PeerCredentials:
+    """The connecting process's identity from the kernel, with its supplementary groups."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return PeerCredentials(pid, uid, gid, supplementary_groups(pid))
+
+
+def supplementary_groups(pid: int) -> tuple[int, ...]:
+    """The `Groups:` line of /proc/<pid>/status (empty if the process is already gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return tuple(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return ()
+
+
+async def _read_hello(sock: trio.socket.SocketType) -> tuple[bytes, list[int], str | None]:
+    """Read one framed message and every descriptor that came with it. Returns the payload,
+    the fds, and a refusal reason if the framing itself is bad (the fds are still returned
+    so that the caller closes them)."""
+    data = bytearray()
+    fds: list[int] = []
+    need = LENGTH.size
+    ancillary = socket.CMSG_SPACE(_ANCILLARY_FDS * _FD_SIZE)
+    while len(data) < need:
+        chunk, ancdata, msg_flags, _addr = await sock.recvmsg(need - len(data), ancillary)
+        fds.extend(_fds_from_ancillary(ancdata))
+        if msg_flags & socket.MSG_CTRUNC:
+            return b"", fds, "wrong number of file descriptors (too many)"
+        if not chunk:
+            return b"", fds, "connection closed during the hello"
+        data += chunk
+        if need == LENGTH.size and len(data) >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(data)
+            if length > limits.MAX_HANDSHAKE_MESSAGE:
+                return b"", fds, f"garbage hello: length {length} exceeds the limit"
+            need = LENGTH.size + length
+    return bytes(data[LENGTH.size :]), fds, None
+
+
+async def _send(sock: trio.socket.SocketType, payload: bytes) -> None:
+    message = memoryview(frame(payload))
+    while message:
+        sent = await sock.send(message)
+        message = message[sent:]
+
+
+def _check_descriptors(hello: Hello, fds: list[int]) -> None:
+    if len(fds) != hello.fd_count:
+        raise ProtocolError(
+            f"wrong number of file descriptors: {len(fds)}, expected {hello.fd_count}"
+        )
+    if hello.transport != "shm":
+        return
+    memfd, sq_efd, cq_efd = fds
+    if not (doorbell.is_eventfd(sq_efd) and doorbell.is_eventfd(cq_efd)):
+        raise ProtocolError("the SQ and CQ descriptors must be eventfds")
+    if not size_is_sealed(memfd):
+        raise ProtocolError("the region must be a memfd sealed against shrinking")
+
+
+async def accept_channel(
+    sock: trio.socket.SocketType | trio.SocketStream,
+    *,
+    next_channel_id: Callable[[], int],
+    secret: bytes | None = None,
+    trust_forwarded: Callable[[PeerCredentials], bool] = lambda creds: False,
+    idle_spin: float = limits.DEFAULT_IDLE_SPIN,
+) -> ServerChannel | SocketServerChannel:
+    """Run the server's half of a handshake on a freshly accepted connection.
+
+    Returns a `ServerChannel` (shared memory) or a `SocketServerChannel` (socket transport),
+    which owns the socket from then on. On any failure the peer gets a refusal with its
+    reason, every received descriptor is closed and HandshakeRefused is raised; the socket is
+    left to the caller to close. `next_channel_id` is called only for accepted channels.
+    """
+    from channel.poller import ServerChannel
+    from channel.socket_transport import SocketServerChannel
+
+    raw = sock.socket if isinstance(sock, trio.SocketStream) else sock
+    peer = peer_credentials(raw)
+    fds: list[int] = []
+    reason: str | None = "handshake timed out"
+    payload = b""
+    with trio.move_on_after(limits.HANDSHAKE_TIMEOUT):
+        payload, fds, reason = await _read_hello(raw)
+    region: Region | None = None
+    try:
+        if reason is not None:
+            raise ProtocolError(reason)
+        hello = parse_hello(payload)
+        _check_descriptors(hello, fds)
+        if secret is not None and not (
+            hello.secret is not None and hmac.compare_digest(hello.secret, secret)
+        ):
+            raise ProtocolError("bad secret")
+        creds = peer
+        if hello.on_behalf_of is not None:
+            if not trust_forwarded(peer):
+                raise ProtocolError("this peer is not trusted to forward credentials")
+            creds = hello.on_behalf_of
+        token = secrets.token_bytes(TOKEN_SIZE)
+        channel: ServerChannel | SocketServerChannel
+        if hello.transport == "shm":
+            assert hello.geometry is not None
+            memfd, sq_efd, cq_efd = fds
+            try:
+                region = Region.attach(memfd, hello.geometry)
+            except (OSError, ValueError) as exc:
+                raise ProtocolError(f"cannot map the region: {exc}") from None
+            os.set_blocking(sq_efd, False)
+            os.set_blocking(cq_efd, False)
+            channel = ServerChannel(
+                raw,
+                region,
+                sq_efd,
+                cq_efd,
+                token=token,
+                creds=creds,
+                peer=peer,
+                role=hello.role,
+                channel_id=0,
+                idle_spin=idle_spin,
+            )
+        else:
+            channel = SocketServerChannel(
+                raw, token=token, creds=creds, peer=peer, role=hello.role, channel_id=0
+            )
+    except ProtocolError as exc:
+        if region is not None:  # pragma: no cover - nothing after attach raises ProtocolError
+            region.close(close_fd=False)
+        _close_all(fds)
+        with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            with trio.move_on_after(limits.HANDSHAKE_TIMEOUT):
+                await _send(raw, make_refusal(str(exc)))
+        raise HandshakeRefused(str(exc)) from None
+    channel.channel_id = next_channel_id()
+    try:
+        await _send(raw, make_accept(channel.channel_id, token, os.getpid()))
+    except BaseException:
+        channel.close()
+        raise
+    return channel
+
+
+# -- client side (blocking) ------------------------------------------------------------------
+
+
+def _recv_exactly(sock: socket.socket, count: int) -> bytes:
+    data = bytearray()
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise HandshakeRefused("the server closed the connection during the handshake")
+        data += chunk
+    return bytes(data)
+
+
+def recv_message(sock: socket.socket) -> bytes:
+    """One framed message (blocking)."""
+    (length,) = LENGTH.unpack(_recv_exactly(sock, LENGTH.size))
+    if length > limits.MAX_HANDSHAKE_MESSAGE:
+        raise ProtocolError(f"handshake message of {length} bytes is too long")
+    return _recv_exactly(sock, length)
+
+
+def send_message(sock: socket.socket, payload: bytes, fds: Sequence[int] = ()) -> None:
+    """One framed message, with `fds` attached to its first byte (blocking)."""
+    message = frame(payload)
+    sent = socket.send_fds(sock, [message], list(fds)) if fds else sock.send(message)
+    if sent < len(message):
+        sock.sendall(message[sent:])
+
+
+def exchange(
+    socket_path: str | os.PathLike[str],
+    hello: bytes,
+    fds: Sequence[int] = (),
+    timeout: float = limits.HANDSHAKE_TIMEOUT,
+) -> tuple[socket.socket, Accept]:
+    """Connect, send a hello (with `fds`), read the answer. Returns the connected socket,
+    which must stay open for the channel's lifetime. Raises HandshakeRefused or
+    ProtocolError (the socket is then closed)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(os.fspath(socket_path))
+        send_message(sock, hello, fds)
+        accept = parse_answer(recv_message(sock))
+        sock.settimeout(None)
+    except TimeoutError:
+        sock.close()
+        raise HandshakeRefused("the server did not answer the hello in time") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock, accept
+
+
+@dataclass(slots=True)
+class ClientConnection:
+    """What a client holds after a successful shared-memory handshake."""
+
+    sock: socket.socket
+    accept: Accept
+    region: Region
+    sq_efd: int
+    cq_efd: int
+
+    def close(self) -> None:
+        self.sock.close()
+        self.region.close()
+        _close_all((self.sq_efd, self.cq_efd))
+
+
+def connect(
+    socket_path: str | os.PathLike[str],
+    *,
+    role: str = "app",
+    geometry: Geometry | None = None,
+    secret: bytes | None = None,
+    on_behalf_of: PeerCredentials | None = None,
+    timeout: float = limits.HANDSHAKE_TIMEOUT,
+) -> ClientConnection:
+    """Create a region and its two eventfds and hand them to the server (blocking)."""
+    geometry = geometry or Geometry()
+    region = Region.create(geometry)
+    sq_efd = doorbell.make_eventfd()
+    cq_efd = doorbell.make_eventfd()
+    try:
+        hello = make_hello(role, geometry, secret=secret, on_behalf_of=on_behalf_of)
+        sock, accept = exchange(socket_path, hello, (region.fd, sq_efd, cq_efd), timeout)
+    except BaseException:
+        region.close()
+        _close_all((sq_efd, cq_efd))
+        raise
+    return ClientConnection(sock, accept, region, sq_efd, cq_efd)
+
+
+def forward(
+    socket_path: str | os.PathLike[str],
+    fds: Sequence[int],
+    geometry: Geometry,
+    on_behalf_of: PeerCredentials,
+    *,
+    role: str = "app",
+    secret: bytes | None = None,
+    timeout: float = limits.HANDSHAKE_TIMEOUT,
+) -> tuple[socket.socket, Accept]:
+    """A trusted driver's handshake for an application: the application's memfd and
+    eventfds and its credentials go to the server. The driver keeps the returned socket
+    open exactly as long as the application's channel should live."""
+    hello = make_hello(role, geometry, secret=secret, on_behalf_of=on_behalf_of)
+    return exchange(socket_path, hello, fds, timeout)
