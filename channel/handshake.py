@@ -287,6 +287,7 @@ async def accept_channel(
     next_channel_id: Callable[[], int],
     secret: bytes | None = None,
     trust_forwarded: Callable[[PeerCredentials], bool] = lambda creds: False,
+    authorize: Callable[[PeerCredentials], str | None] = lambda creds: None,
     idle_spin: float = limits.DEFAULT_IDLE_SPIN,
 ) -> ServerChannel | SocketServerChannel:
     """Run the server's half of a handshake on a freshly accepted connection.
@@ -295,6 +296,7 @@ async def accept_channel(
     which owns the socket from then on. On any failure the peer gets a refusal with its
     reason, every received descriptor is closed and HandshakeRefused is raised; the socket is
     left to the caller to close. `next_channel_id` is called only for accepted channels.
+    `authorize(peer)` returns None to admit the kernel-reported peer, or the refusal reason.
     """
     from channel.poller import ServerChannel
     from channel.socket_transport import SocketServerChannel
@@ -310,6 +312,9 @@ async def accept_channel(
     try:
         if reason is not None:
             raise ProtocolError(reason)
+        refusal = authorize(peer)
+        if refusal is not None:
+            raise ProtocolError(refusal)
         hello = parse_hello(payload)
         _check_descriptors(hello, fds)
         if secret is not None and not (

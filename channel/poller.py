@@ -324,6 +324,7 @@ async def serve_connection(
     next_channel_id: Callable[[], int],
     secret: bytes | None = None,
     trust_forwarded: Callable[[PeerCredentials], bool] = lambda creds: False,
+    authorize: Callable[[PeerCredentials], str | None] = lambda creds: None,
     on_channel: Callable[[AnyChannel], None] | None = None,
 ) -> None:
     """Serve one accepted connection for its whole life: handshake (refused peers get their
@@ -335,10 +336,13 @@ async def serve_connection(
             next_channel_id=next_channel_id,
             secret=secret,
             trust_forwarded=trust_forwarded,
+            authorize=authorize,
             idle_spin=poller.clock.idle_spin,
         )
     except HandshakeRefused as exc:
-        log.info("handshake refused: %s", exc)
+        # A peer that hangs up before saying hello is usually a liveness probe.
+        quiet = "closed during the hello" in str(exc)
+        log.log(logging.DEBUG if quiet else logging.INFO, "handshake refused: %s", exc)
         sock.close()
         return
     except BaseException:

@@ -81,16 +81,16 @@ def read_stats(region: Region) -> dict[str, Any]:
 
 
 def find_region_fds(pid: int, name: str = "ringfs") -> list[str]:
-    """Paths under /proc/PID/fd of the memfds named `name` that process holds."""
-    found = []
-    for path in sorted(glob.glob(f"/proc/{pid}/fd/*")):
+    """Paths under /proc/PID/fd of the memfds named `name` that process holds, one per
+    region (a region reached through two descriptors is listed once)."""
+    found: dict[int, str] = {}
+    for path in sorted(glob.glob(f"/proc/{pid}/fd/*"), key=lambda p: int(p.rsplit("/", 1)[1])):
         try:
-            target = os.readlink(path)
+            if os.readlink(path).startswith(f"/memfd:{name}"):
+                found.setdefault(os.stat(path).st_ino, path)
         except OSError:
             continue
-        if target.startswith(f"/memfd:{name}"):
-            found.append(path)
-    return found
+    return list(found.values())
 
 
 def open_region_readonly(path: str) -> Region:

@@ -83,11 +83,17 @@ def wait_for_socket(path: str, deadline: float, proc: subprocess.Popen[bytes] | 
 
 
 def start_server(export: str, socket_path: str, debug: bool) -> subprocess.Popen[bytes]:
-    """Start `python -m backend_server` for `export` (fusefront never imports it)."""
+    """Start `python -m backend_server` for `export` (fusefront never imports it). Its log
+    goes to SOCKET.log beside the socket, or to our stderr when debugging."""
     args = [sys.executable, "-m", "backend_server", export, "--socket", socket_path]
     if debug:
         args.append("--debug")
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+    else:
+        with open(socket_path + ".log", "ab") as log_file:
+            proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+            )
     wait_for_socket(socket_path, time.monotonic() + START_TIMEOUT, proc)
     return proc
 

@@ -1,0 +1,149 @@
+"""The server process: listening socket, access policy, poller, backend, clean shutdown.
+
+`ringfs serve EXPORT --socket PATH` ends up in `serve()`. The socket is created mode 0600 (only
+the server's own user, and root, can connect); `--allow-uid`/`--allow-gid` open it to those
+users and groups, and every other peer is refused with a reason at handshake. An optional
+secret file must then be presented too. SIGTERM/SIGINT stop accepting, let the commands in
+flight finish, release every channel and exit 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from backend_server.backend import Backend
+from channel.handshake import PeerCredentials
+from channel.poller import AnyChannel, Poller, serve_connection
+
+log = logging.getLogger(__name__)
+
+#: Connections waiting for accept(); handshakes are short, so a small backlog is plenty.
+LISTEN_BACKLOG = 128
+
+
+@dataclass
+class AccessPolicy:
+    """Who may connect: the server's own user and root always; then the allow lists."""
+
+    allow_uids: set[int] = field(default_factory=set)
+    allow_gids: set[int] = field(default_factory=set)
+
+    @property
+    def widened(self) -> bool:
+        return bool(self.allow_uids or self.allow_gids)
+
+    def refusal(self, peer: PeerCredentials) -> str | None:
+        """None if `peer` may connect, else the reason it may not."""
+        if peer.uid in (0, os.geteuid()) or peer.uid in self.allow_uids:
+            return None
+        if {peer.gid, *peer.groups} & self.allow_gids:
+            return None
+        return f"uid {peer.uid} is not allowed to use this server"
+
+
+def trusted_forwarder(peer: PeerCredentials) -> bool:
+    """Only root or the server's own user may hand over another process's credentials."""
+    return peer.uid in (0, os.geteuid())
+
+
+def bind_listener(path: str, policy: AccessPolicy) -> trio.socket.SocketType:
+    """A listening Unix socket at `path`, replacing a stale socket file (never anything else)."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o177)  # the socket file is born 0600: no window where it is wider
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    if policy.widened:
+        os.chmod(path, 0o666)  # the policy, checked per peer, is what restricts then
+    sock.listen(LISTEN_BACKLOG)
+    return trio.socket.from_stdlib_socket(sock)
+
+
+async def serve(
+    export: str,
+    socket_path: str,
+    *,
+    policy: AccessPolicy | None = None,
+    secret: bytes | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    on_channel: Callable[[AnyChannel], None] | None = None,
+) -> None:
+    """Serve `export` on `socket_path` until SIGTERM/SIGINT."""
+    policy = policy or AccessPolicy()
+    backend = Backend(export)
+    listener = bind_listener(socket_path, policy)
+    poller = Poller()
+    channel_ids = itertools.count(1)
+    log.info("serving %s on %s (pid %d)", export, socket_path, os.getpid())
+    backend_done = trio.Event()
+
+    async def run_backend(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await backend.run(task_status=task_status)
+        finally:
+            backend_done.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_backend)
+            polling = trio.CancelScope()
+
+            async def poll() -> None:
+                with polling:
+                    await poller.run(backend.handler)
+
+            nursery.start_soon(poll)
+
+            async def accept_loop() -> None:
+                while True:
+                    conn, _ = await listener.accept()
+                    nursery.start_soon(
+                        functools.partial(
+                            serve_connection,
+                            conn,
+                            poller,
+                            backend.handler,
+                            next_channel_id=functools.partial(next, channel_ids),
+                            secret=secret,
+                            trust_forwarded=trusted_forwarder,
+                            authorize=policy.refusal,
+                            on_channel=on_channel,
+                        )
+                    )
+
+            nursery.start_soon(accept_loop)
+            task_status.started()
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("signal %d: finishing commands in flight, then exiting", signum)
+                    break
+            # Stop taking commands (inline ones are already complete: they never await),
+            # let the slow ones in worker threads finish and complete, then end everything.
+            listener.close()
+            polling.cancel()
+            backend.stop()
+            await backend_done.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        listener.close()
+        backend.close()
+        try:
+            os.unlink(socket_path)
+        except FileNotFoundError:
+            pass
