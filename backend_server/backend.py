@@ -1,0 +1,233 @@
+"""The `Backend`: the filesystem server's operations side, as the channel poller sees it.
+
+    backend = Backend("/srv/export")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backend.run)      # owns the worker tasks
+        ... poller calls backend.handler(channel, command) for every command ...
+    backend.close()
+
+`handler(channel, cmd)` is a plain synchronous function called in the trio thread. A fast
+operation runs inline and completes before `handler` returns; a slow one (see
+`dispatch.OPS`) is handed to a task in the Backend's nursery, which runs it in a worker
+thread (bounded by a CapacityLimiter) and completes it from the trio thread later. Nothing
+raises out of `handler`: every failure is a completion with a negative errno (ENOSYS for an
+unknown opcode, EINVAL for a malformed body, EIO, logged, for anything unexpected).
+
+Identity: on a driver channel each command's header carries the FUSE request's uid, gid, pid
+and umask, and the driver is trusted to forward them (only if its peer is root or the server's
+own user; see `_trusted_driver`); supplementary groups come from
+/proc/<pid>/status (cached, see `identity`). On an application channel the identity is the
+one the kernel reported at handshake (`channel.creds`); header uid/gid/pid are ignored, the
+header umask is honoured (it can only restrict the caller's own new files).
+
+Channel state is released by `channel_closed(channel)`, which the Backend also registers in
+`channel.on_close` on first contact; calling it twice is harmless.
+
+The server applies each caller's umask itself, so the process umask is set to 0 here.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import Any
+
+import trio
+
+from backend_server.context import Reply, Request
+from backend_server.dispatch import OPS, OpSpec
+from backend_server.identity import Identity, Switcher
+from backend_server.inodes import InodeTable
+from backend_server.names import fail
+from backend_server.session import Session
+from channel.protocol import Command
+
+log = logging.getLogger(__name__)
+
+#: Worker threads for slow operations (fsync, large I/O, big directories).
+DEFAULT_THREADS = 16
+
+
+def status_of(exc: BaseException) -> int:
+    """The completion status for an exception an operation raised."""
+    if isinstance(exc, OSError) and exc.errno:
+        return -exc.errno
+    if isinstance(exc, (ValueError, TypeError, OverflowError, KeyError, IndexError)):
+        return -errno.EINVAL  # a body whose shape or values no system call accepts
+    log.exception("unexpected failure in an operation", exc_info=exc)
+    return -errno.EIO
+
+
+class Backend:
+    def __init__(self, export_root: str, *, threads: int = DEFAULT_THREADS) -> None:
+        os.umask(0)
+        self.table = InodeTable(export_root)
+        self.identity = Switcher()
+        self._sessions: dict[int, Session] = {}
+        self._limiter = trio.CapacityLimiter(threads)
+        self._nursery: trio.Nursery | None = None
+        self._stop: trio.CancelScope | None = None
+        self.closed = False
+
+    # -- lifetime -----------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the worker tasks until `stop()`/`close()` or cancellation; on the way out,
+        wait for the slow operations in flight (worker threads cannot be abandoned)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._stop = trio.CancelScope()
+                task_status.started()
+                with self._stop:
+                    await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    def stop(self) -> None:
+        """Let `run` return once the slow operations in flight have completed."""
+        if self._stop is not None:
+            self._stop.cancel()
+
+    def close(self) -> None:
+        """Release every channel's state and every descriptor; later commands get ESHUTDOWN.
+        Handles pinned by operations still in flight close when those finish."""
+        if self.closed:
+            return
+        self.closed = True
+        self.stop()
+        for session in list(self._sessions.values()):
+            self._release(session)
+        self._sessions.clear()
+        self.table.close()
+
+    # -- channels -----------------------------------------------------------------------
+    def channel_closed(self, channel: Any) -> None:
+        """Release everything `channel` held: its lookups and its open handles."""
+        self._forget_channel(id(channel))
+
+    def _forget_channel(self, key: int) -> None:
+        session = self._sessions.pop(key, None)
+        if session is not None:
+            self._release(session)
+
+    def _release(self, session: Session) -> None:
+        session.closed = True
+        handles, session.handles = session.handles, {}
+        for handle in handles.values():
+            handle.close()
+        self.table.release_session(session)
+
+    def _session(self, channel: Any) -> Session:
+        session = self._sessions.get(id(channel))
+        if session is None:
+            app_identity = None
+            if not self._trusted_driver(channel):
+                creds = channel.creds
+                app_identity = self.identity.caller(creds.uid, creds.gid, tuple(creds.groups))
+            key = id(channel)
+            session = Session(channel, app_identity)
+            self._sessions[key] = session
+            callbacks = getattr(channel, "on_close", None)
+            if callbacks is not None:
+                # Capture the key, not the channel: a closure over the channel stored in the
+                # channel would be a reference cycle, keeping its region's views (and the
+                # mmap's descriptor) alive until the garbage collector runs.
+                callbacks.append(lambda *_: self._forget_channel(key))
+        return session
+
+    def _trusted_driver(self, channel: Any) -> bool:
+        """Header identities are believed only from a driver channel whose peer is root or the
+        server's own user: anyone else claiming the driver role acts as itself. (The accept
+        loop should refuse such a hello outright; this keeps the operations layer safe even
+        if it does not.)"""
+        if getattr(channel, "role", None) != "driver":
+            return False
+        return int(channel.creds.uid) in (0, self.identity.server.uid)
+
+    def _caller(self, session: Session, cmd: Command) -> Identity:
+        if session.app_identity is not None:
+            return session.app_identity
+        groups = self.identity.groups_of(cmd.pid, cmd.uid, cmd.gid)
+        return self.identity.caller(cmd.uid, cmd.gid, groups)
+
+    # -- commands -----------------------------------------------------------------------
+    def handler(self, channel: Any, cmd: Command) -> None:
+        """Execute or start `cmd`; see the module docstring. Never raises."""
+        try:
+            spec = OPS.get(cmd.opcode)
+            if spec is None:
+                raise fail(errno.ENOSYS)
+            if self.closed:
+                raise fail(errno.ESHUTDOWN)
+            session = self._session(channel)
+            req = Request(self.table, session, channel, cmd, self._caller(session, cmd))
+            if spec.handle:
+                req.handle = session.handle(cmd.fh)
+        except BaseException as exc:
+            self._complete(channel, cmd.tag, status_of(exc), None)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        handle = req.handle
+        if handle is not None:
+            handle.pin()
+        try:
+            if self._nursery is not None and spec.threaded(req):
+                req.inline = False
+                self._nursery.start_soon(self._run_threaded, spec, req)
+                handle = None  # the task unpins it
+                return
+            status, reply = self._execute(spec, req)
+        except Exception as exc:
+            status, reply = status_of(exc), None
+        finally:
+            if handle is not None:
+                handle.unpin()
+        self._complete(channel, cmd.tag, status, reply)
+
+    def _execute(self, spec: OpSpec, req: Request) -> tuple[int, Reply | None]:
+        """Run one operation in this thread, as its caller when it needs one."""
+        switcher = self.identity
+        try:
+            if not spec.identity:
+                return 0, spec.run(req)
+            switcher.permit(req.caller)
+            switcher.become(req.caller)
+            try:
+                return 0, spec.run(req)
+            finally:
+                switcher.restore()
+        except Exception as exc:
+            return status_of(exc), None
+
+    async def _run_threaded(self, spec: OpSpec, req: Request) -> None:
+        try:
+            # Not abandonable: once the thread runs, cancellation waits for its result. Only
+            # the wait for the limiter (or the start) can be cancelled, before the operation
+            # ran; the client still gets an answer then.
+            status, reply = await trio.to_thread.run_sync(
+                self._execute, spec, req, limiter=self._limiter
+            )
+        except trio.Cancelled:
+            if not req.session.closed:
+                self._complete(req.channel, req.cmd.tag, -errno.ESHUTDOWN, None)
+            raise
+        finally:
+            if req.handle is not None:
+                req.handle.unpin()
+        if req.session.closed:
+            return  # the channel is gone; nobody is waiting for this completion
+        self._complete(req.channel, req.cmd.tag, status, reply)
+
+    @staticmethod
+    def _complete(channel: Any, tag: int, status: int, reply: Reply | None) -> None:
+        try:
+            if reply is None:
+                channel.complete(tag, status)
+            else:
+                channel.complete(
+                    tag, status, reply.body, data_len=reply.data_len, value=reply.value
+                )
+        except Exception:
+            log.warning("could not complete tag %d on a channel", tag, exc_info=True)

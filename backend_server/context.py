@@ -1,0 +1,83 @@
+"""One command in execution: the request object every operation function receives.
+
+It binds the command to its channel, its session and its caller, and gives operations the
+few verbs they share: resolve an inode the channel holds, count a lookup of a new one, reply.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from backend_server.handles import Handle
+from backend_server.identity import Identity
+from backend_server.inodes import Inode, InodeTable
+from backend_server.wire import entry_body
+from channel.protocol import Command
+
+if TYPE_CHECKING:
+    from backend_server.session import Session
+
+
+class Reply(NamedTuple):
+    """A successful completion: packed body, bytes placed in the output buffer, value."""
+
+    body: bytes = b""
+    data_len: int = 0
+    value: int = 0
+
+
+EMPTY = Reply()
+
+
+class Request:
+    __slots__ = ("caller", "channel", "cmd", "handle", "inline", "session", "table")
+
+    def __init__(
+        self,
+        table: InodeTable,
+        session: Session,
+        channel: Any,
+        cmd: Command,
+        caller: Identity,
+    ) -> None:
+        self.table = table
+        self.session = session
+        self.channel = channel
+        self.cmd = cmd
+        self.caller = caller
+        #: The handle named by cmd.fh, resolved and pinned by the dispatcher for the
+        #: operations that use one (None otherwise).
+        self.handle: Handle | None = None
+        #: Runs in the trio thread (operations with variable work bound it, see READDIR).
+        self.inline = True
+
+    @property
+    def umask(self) -> int:
+        return self.cmd.umask & 0o777
+
+    @property
+    def caller_is_root(self) -> bool:
+        return self.caller.uid == 0
+
+    def inode(self, number: int) -> Inode:
+        return self.table.get(self.session, number)
+
+    def file_handle(self) -> Handle:
+        handle = self.handle
+        assert handle is not None, "the dispatch table marks this operation as using a handle"
+        return handle
+
+    def register(self, fd: int) -> tuple[Inode, os.stat_result]:
+        """Count a lookup of the object behind O_PATH `fd` (taken over, see InodeTable)."""
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self.table.register(self.session, fd, st), st
+
+    def entry(self, fd: int) -> Reply:
+        """Register `fd`'s object and reply with its `entry` body."""
+        inode, st = self.register(fd)
+        return Reply(entry_body(inode.number, st))

@@ -1,0 +1,167 @@
+"""The inode table: inode numbers, the O_PATH descriptors behind them, and lookup counts.
+
+Every inode the server has handed out is held as an `O_PATH | O_NOFOLLOW` descriptor opened
+relative to its parent's descriptor, so nothing is ever resolved by path and no symlink is
+ever followed: a symlink is held as itself. Inodes are keyed by (st_dev, st_ino), so every
+name of a hard-linked file resolves to the same inode number.
+
+Numbers are stable for the life of the server: the root is 1 (FUSE's ROOT_ID) and every other
+(st_dev, st_ino) gets the next number the first time it is seen and keeps it, even across
+forget and a later lookup. That map costs about 100 bytes per distinct file ever looked up,
+which is the price of `ls -i` never changing under a mounted tree. (While the server holds a
+descriptor the kernel cannot reuse the st_ino; after the last forget it may, and the reused
+st_ino then gets the old number, exactly as on the underlying file system.)
+
+Lookup counts are kept per channel (`Session.lookups`), and the table's count for an inode is
+their sum: a channel can FORGET only what it looked up, can use only inodes it holds (and the
+root), and when it ends every reference it held is dropped in one go. When an inode's count
+reaches zero its descriptor is closed.
+
+The table is used from the trio thread and, for READDIR pages, from worker threads; one lock
+guards it. Descriptors are closed only by forget and session release, which run in the trio
+thread; worker threads use handle descriptors (pinned, see `handles`), never inode ones.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from typing import TYPE_CHECKING
+
+from backend_server.names import fail
+
+if TYPE_CHECKING:
+    from backend_server.session import Session
+
+ROOT_INO = 1
+
+O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Inode:
+    """One file-system object the server holds. `kind` is the S_IFMT bits (a file's type
+    never changes)."""
+
+    __slots__ = ("fd", "key", "kind", "lookups", "number")
+
+    def __init__(self, number: int, fd: int, key: tuple[int, int], kind: int) -> None:
+        self.number = number
+        self.fd = fd
+        self.key = key
+        self.kind = kind
+        self.lookups = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.kind == stat.S_IFLNK
+
+    @property
+    def proc_path(self) -> str:
+        """The magic link through which path-taking calls reach this very inode (not for
+        symlinks: following the magic link of a symlink's O_PATH descriptor lands on the
+        symlink, and a path call would then follow the symlink itself)."""
+        return f"/proc/self/fd/{self.fd}"
+
+
+class InodeTable:
+    def __init__(self, export_root: str) -> None:
+        fd = os.open(export_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        self.root = Inode(ROOT_INO, fd, (st.st_dev, st.st_ino), stat.S_IFDIR)
+        self.root.lookups = 1  # the table's own reference: the root is never freed
+        self._lock = threading.Lock()
+        self._by_number: dict[int, Inode] = {ROOT_INO: self.root}
+        self._by_key: dict[tuple[int, int], Inode] = {self.root.key: self.root}
+        self._numbers: dict[tuple[int, int], int] = {self.root.key: ROOT_INO}
+        self._next_number = ROOT_INO + 1
+        self.closed = False
+
+    def __len__(self) -> int:
+        """Inodes currently held (the root included)."""
+        return len(self._by_number)
+
+    def get(self, session: Session, number: int) -> Inode:
+        """The inode `number` if `session` holds a reference to it (or it is the root);
+        ESTALE otherwise: inode numbers are not capabilities a channel can guess."""
+        if number == ROOT_INO:
+            return self.root
+        with self._lock:
+            if number in session.lookups:
+                inode = self._by_number.get(number)
+                if inode is not None:
+                    return inode
+        raise fail(errno.ESTALE)
+
+    def register(self, session: Session, fd: int, st: os.stat_result) -> Inode:
+        """Count one lookup of the object behind `fd` (an O_PATH descriptor this call takes
+        over: it is kept, or closed when the object is already held)."""
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            if session.closed or self.closed:
+                os.close(fd)
+                raise fail(errno.ESHUTDOWN, "channel closed")
+            inode = self._by_key.get(key)
+            if inode is None:
+                number = self._numbers.get(key)
+                if number is None:
+                    number = self._next_number
+                    self._next_number += 1
+                    self._numbers[key] = number
+                inode = Inode(number, fd, key, stat.S_IFMT(st.st_mode))
+                self._by_key[key] = inode
+                self._by_number[number] = inode
+            else:
+                os.close(fd)
+            inode.lookups += 1
+            lookups = session.lookups
+            lookups[inode.number] = lookups.get(inode.number, 0) + 1
+            return inode
+
+    def forget(self, session: Session, number: int, count: int) -> None:
+        """Drop up to `count` of `session`'s references to `number` (never more than the
+        session holds; unknown numbers are ignored, as FORGET has no reply to fail in)."""
+        with self._lock:
+            held = session.lookups.get(number, 0)
+            count = min(count, held)
+            if count <= 0:
+                return
+            if held == count:
+                del session.lookups[number]
+            else:
+                session.lookups[number] = held - count
+            self._drop(number, count)
+
+    def release_session(self, session: Session) -> None:
+        """Drop every reference `session` holds."""
+        with self._lock:
+            lookups, session.lookups = session.lookups, {}
+            for number, count in lookups.items():
+                self._drop(number, count)
+
+    def _drop(self, number: int, count: int) -> None:
+        inode = self._by_number.get(number)
+        if inode is None or inode is self.root:
+            return
+        inode.lookups -= count
+        if inode.lookups <= 0:
+            del self._by_number[number]
+            del self._by_key[inode.key]
+            os.close(inode.fd)
+            inode.fd = -1
+
+    def close(self) -> None:
+        """Close every descriptor, the root's included."""
+        with self._lock:
+            self.closed = True
+            for inode in self._by_number.values():
+                if inode.fd >= 0:
+                    os.close(inode.fd)
+                    inode.fd = -1
+            self._by_number.clear()
+            self._by_key.clear()

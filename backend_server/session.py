@@ -1,0 +1,47 @@
+"""Per-channel state: what one channel holds, so that all of it can be released when it ends.
+
+A `Session` is created on a channel's first command. It holds the channel's lookup counts
+(see `inodes`), its open file and directory handles (see `handles`) and who its caller is.
+Handles are per channel: a file handle number means nothing on another channel.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from backend_server.handles import Handle
+from backend_server.identity import Identity
+from backend_server.names import fail
+
+
+class Session:
+    __slots__ = ("app_identity", "channel", "closed", "handles", "lookups", "next_fh")
+
+    def __init__(self, channel: Any, app_identity: Identity | None) -> None:
+        self.channel = channel
+        #: For an application channel, the identity cached at handshake; None for the driver,
+        #: whose commands carry their caller in the header.
+        self.app_identity = app_identity
+        self.lookups: dict[int, int] = {}
+        self.handles: dict[int, Handle] = {}
+        self.next_fh = 1
+        self.closed = False
+
+    def add_handle(self, handle: Handle) -> int:
+        fh = self.next_fh
+        self.next_fh = fh + 1
+        self.handles[fh] = handle
+        return fh
+
+    def handle(self, fh: int) -> Handle:
+        handle = self.handles.get(fh)
+        if handle is None:
+            raise fail(errno.EBADF)
+        return handle
+
+    def pop_handle(self, fh: int) -> Handle:
+        handle = self.handles.pop(fh, None)
+        if handle is None:
+            raise fail(errno.EBADF)
+        return handle

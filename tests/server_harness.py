@@ -1,0 +1,317 @@
+"""A real filesystem server process for the operation tests, and clients to drive it.
+
+`python -m tests.server_harness EXPORT SOCKET` serves EXPORT through `backend_server.Backend`
+behind the channel's real `Poller` and `serve_connection`; it stands in for `ringfs serve`
+until that exists. It prints `ready`, then `open <channel_id> <peer pid>` and
+`closed <channel_id>` lines, so tests can watch channel lifetimes from outside, and exits
+cleanly on SIGTERM.
+
+Clients:
+* `ServerProcess.client(role=...)`: a `channel.client.BlockingClient` in the test process.
+* `UserClient`: a forked child that drops to another uid/gid *before* its handshake and then
+  serves `call`s sent to it over a pipe, so the server sees a non-root peer (SO_PEERCRED).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from channel.client import BlockingClient, Reply
+from channel.layout import Geometry
+from channel.poller import AnyChannel, Poller, serve_connection
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Geometry of test channels: small, but with buffers as large as FUSE's largest I/O.
+GEOMETRY = Geometry(sq_entries=64, cq_entries=64, slot_size=8192, buf_count=16, buf_size=1 << 20)
+
+
+async def serve(export: str, path: str) -> None:
+    from backend_server.backend import Backend
+
+    backend = Backend(export)
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await listener.bind(path)
+    os.chmod(path, 0o666)  # tests connect as other users too
+    listener.listen(64)
+    poller = Poller()
+    ids = itertools.count(1)
+
+    def on_channel(channel: AnyChannel) -> None:
+        channel_id = channel.channel_id
+        print(f"open {channel_id} {channel.peer.pid}", flush=True)
+        # Capture the id, not the channel (a cycle would keep the region mapped until a GC).
+        channel.on_close.append(lambda: print(f"closed {channel_id}", flush=True))
+
+    stop = trio.Event()
+
+    async def watch_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                stop.set()
+                return
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(backend.run)
+            nursery.start_soon(poller.run, backend.handler)
+            nursery.start_soon(watch_signals)
+
+            async def accept_loop() -> None:
+                while True:
+                    conn, _ = await listener.accept()
+                    nursery.start_soon(
+                        lambda conn=conn: serve_connection(
+                            conn,
+                            poller,
+                            backend.handler,
+                            next_channel_id=ids.__next__,
+                            on_channel=on_channel,
+                        )
+                    )
+
+            nursery.start_soon(accept_loop)
+            print("ready", flush=True)
+            await stop.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        backend.close()
+        print("stopped", flush=True)
+
+
+class ServerProcess:
+    """The harness server as a child process; always killed on exit."""
+
+    def __init__(
+        self, export: Path, socket_path: Path, *, user: tuple[int, int] | None = None
+    ) -> None:
+        """`user`: (uid, gid) the server runs as (default: this process's, i.e. root)."""
+        self.export = export
+        self.path = socket_path
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.server_harness",
+                str(export),
+                str(socket_path),
+                *(["--user", f"{user[0]}:{user[1]}"] if user else []),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert self.proc.stdout is not None
+        self._out = self.proc.stdout.fileno()
+        self._pending = b""
+        self.lines: list[str] = []
+        self.wait_line(lambda line: line == "ready", timeout=20.0)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def client(self, role: str = "app", geometry: Geometry = GEOMETRY) -> BlockingClient:
+        return BlockingClient.connect(self.path, role=role, geometry=geometry)
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def wait_line(self, match: Callable[[str], bool], timeout: float = 5.0) -> str:
+        """The first line (seen so far or arriving before the deadline) that matches."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                if match(line):
+                    return line
+            seen = len(self.lines)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no matching line from the server; got {self.lines[-20:]}")
+            ready, _, _ = select.select([self._out], [], [], left)
+            if ready:
+                chunk = os.read(self._out, 65536)
+                if not chunk:
+                    raise RuntimeError(f"server exited; output {self.lines[-20:]}")
+                *complete, self._pending = (self._pending + chunk).split(b"\n")
+                self.lines.extend(c.decode() for c in complete)
+
+    def wait_closed(self, channel_id: int, timeout: float = 10.0) -> None:
+        self.wait_line(lambda line: line == f"closed {channel_id}", timeout)
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM, and the exit status."""
+        self.proc.send_signal(signal.SIGTERM)
+        status = self.proc.wait(timeout=timeout)
+        rest = self._pending + os.read(self._out, 1 << 20)
+        self._pending = b""
+        self.lines.extend(line.decode() for line in rest.split(b"\n") if line)
+        return status
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll `condition` until it holds or the deadline passes (then AssertionError)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+# -- a client running as another user ------------------------------------------------------
+def _user_main(
+    conn: multiprocessing.connection.Connection,
+    socket_path: str,
+    uid: int,
+    gid: int,
+    groups: list[int],
+    role: str,
+) -> None:
+    os.setgroups(groups)
+    os.setgid(gid)
+    os.setuid(uid)
+    try:
+        client = BlockingClient.connect(socket_path, role=role, geometry=GEOMETRY)
+    except BaseException as exc:  # report, then die
+        conn.send(("error", repr(exc)))
+        return
+    conn.send(("ready", client.channel_id))
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            break
+        if request is None:
+            break
+        opcode, body, kwargs = request
+        try:
+            reply = client.call(opcode, body, **kwargs)
+            conn.send(("reply", (reply.status, reply.value, reply.body, reply.data)))
+        except BaseException as exc:
+            conn.send(("error", repr(exc)))
+    client.close()
+
+
+class UserClient:
+    """A BlockingClient in a child process that runs as `uid`/`gid` (dropped before the
+    handshake). `call` has BlockingClient.call's signature."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        uid: int = 65534,
+        gid: int = 65534,
+        groups: tuple[int, ...] = (),
+        role: str = "app",
+    ) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_user_main,
+            args=(child, str(socket_path), uid, gid, list(groups), role),
+            daemon=True,
+        )
+        self.proc.start()
+        child.close()
+        kind, value = self._recv(20.0)
+        if kind != "ready":
+            raise RuntimeError(f"user client failed to connect: {value}")
+        self.channel_id: int = value
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def _recv(self, timeout: float = 30.0) -> tuple[str, Any]:
+        if not self._conn.poll(timeout):
+            raise TimeoutError("user client did not answer")
+        message: tuple[str, Any] = self._conn.recv()
+        return message
+
+    def call(self, opcode: int, body: Any = None, **kwargs: Any) -> Reply:
+        self._conn.send((int(opcode), body, kwargs))
+        kind, value = self._recv()
+        if kind != "reply":
+            raise RuntimeError(f"user client call failed: {value}")
+        status, val, rbody, data = value
+        return Reply(status, val, rbody, data, len(data) if data else 0)
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            os.kill(self.pid, signal.SIGKILL)
+        self.proc.join(10)
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            self.proc.join(10)
+        self.kill()
+        self._conn.close()
+
+    def __enter__(self) -> UserClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("export")
+    parser.add_argument("socket")
+    parser.add_argument(
+        "--user",
+        help="uid:gid to drop to once started (the interpreter may "
+        "live where only root can start it, as /root/.pyenv does here)",
+    )
+    args = parser.parse_args()
+    if args.user:
+        # Everything is imported before the drop: afterwards the stdlib may be unreadable.
+        import encodings.ascii  # noqa: F401  (handshake reads /proc/<pid>/status as ascii)
+
+        import backend_server.backend  # noqa: F401
+
+        uid, gid = (int(x) for x in args.user.split(":"))
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    trio.run(serve, args.export, args.socket)
+
+
+if __name__ == "__main__":
+    main()
