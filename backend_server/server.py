@@ -37,14 +37,16 @@ class AccessPolicy:
 
     allow_uids: set[int] = field(default_factory=set)
     allow_gids: set[int] = field(default_factory=set)
+    #: Every local user may connect (each is still served only as itself).
+    everyone: bool = False
 
     @property
     def widened(self) -> bool:
-        return bool(self.allow_uids or self.allow_gids)
+        return bool(self.everyone or self.allow_uids or self.allow_gids)
 
     def refusal(self, peer: PeerCredentials) -> str | None:
         """None if `peer` may connect, else the reason it may not."""
-        if peer.uid in (0, os.geteuid()) or peer.uid in self.allow_uids:
+        if self.everyone or peer.uid in (0, os.geteuid()) or peer.uid in self.allow_uids:
             return None
         if {peer.gid, *peer.groups} & self.allow_gids:
             return None
@@ -110,22 +112,30 @@ async def serve(
 
             nursery.start_soon(poll)
 
-            async def accept_loop() -> None:
-                while True:
-                    conn, _ = await listener.accept()
-                    nursery.start_soon(
-                        functools.partial(
-                            serve_connection,
-                            conn,
-                            poller,
-                            backend.handler,
-                            next_channel_id=functools.partial(next, channel_ids),
-                            secret=secret,
-                            trust_forwarded=trusted_forwarder,
-                            authorize=policy.refusal,
-                            on_channel=on_channel,
-                        )
+            accepting = trio.CancelScope()
+
+            async def serve_one(conn: trio.socket.SocketType) -> None:
+                # One connection's failure must never take the server (and every other
+                # channel) down with it.
+                try:
+                    await serve_connection(
+                        conn,
+                        poller,
+                        backend.handler,
+                        next_channel_id=functools.partial(next, channel_ids),
+                        secret=secret,
+                        trust_forwarded=trusted_forwarder,
+                        authorize=policy.refusal,
+                        on_channel=on_channel,
                     )
+                except Exception:
+                    log.exception("a connection failed")
+
+            async def accept_loop() -> None:
+                with accepting:
+                    while True:
+                        conn, _ = await listener.accept()
+                        nursery.start_soon(serve_one, conn)
 
             nursery.start_soon(accept_loop)
             task_status.started()
@@ -135,7 +145,7 @@ async def serve(
                     break
             # Stop taking commands (inline ones are already complete: they never await),
             # let the slow ones in worker threads finish and complete, then end everything.
-            listener.close()
+            accepting.cancel()
             polling.cancel()
             backend.stop()
             await backend_done.wait()

@@ -1,8 +1,7 @@
 """A real filesystem server process for the operation tests, and clients to drive it.
 
-`python -m tests.server_harness EXPORT SOCKET` serves EXPORT through `backend_server.Backend`
-behind the channel's real `Poller` and `serve_connection`; it stands in for `ringfs serve`
-until that exists. It prints `ready`, then `open <channel_id> <peer pid>` and
+`python -m tests.server_harness EXPORT SOCKET` runs the real server
+(`backend_server.server.serve`, what `ringfs serve` runs) with every local user admitted. It prints `ready`, then `open <channel_id> <peer pid>` and
 `closed <channel_id>` lines, so tests can watch channel lifetimes from outside, and exits
 cleanly on SIGTERM.
 
@@ -15,7 +14,7 @@ Clients:
 from __future__ import annotations
 
 import argparse
-import itertools
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -32,7 +31,7 @@ import trio
 
 from channel.client import BlockingClient, Reply
 from channel.layout import Geometry
-from channel.poller import AnyChannel, Poller, serve_connection
+from channel.poller import AnyChannel
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,15 +40,8 @@ GEOMETRY = Geometry(sq_entries=64, cq_entries=64, slot_size=8192, buf_count=16, 
 
 
 async def serve(export: str, path: str) -> None:
-    from backend_server.backend import Backend
-
-    backend = Backend(export)
-    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    await listener.bind(path)
-    os.chmod(path, 0o666)  # tests connect as other users too
-    listener.listen(64)
-    poller = Poller()
-    ids = itertools.count(1)
+    """The real server (`backend_server.server.serve`), reporting channel lifetimes on stdout."""
+    from backend_server.server import AccessPolicy, serve
 
     def on_channel(channel: AnyChannel) -> None:
         channel_id = channel.channel_id
@@ -57,39 +49,15 @@ async def serve(export: str, path: str) -> None:
         # Capture the id, not the channel (a cycle would keep the region mapped until a GC).
         channel.on_close.append(lambda: print(f"closed {channel_id}", flush=True))
 
-    stop = trio.Event()
-
-    async def watch_signals() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                stop.set()
-                return
-
+    # Tests connect as other users too: open the socket to everyone.
+    policy = AccessPolicy(everyone=True)
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(backend.run)
-            nursery.start_soon(poller.run, backend.handler)
-            nursery.start_soon(watch_signals)
-
-            async def accept_loop() -> None:
-                while True:
-                    conn, _ = await listener.accept()
-                    nursery.start_soon(
-                        lambda conn=conn: serve_connection(
-                            conn,
-                            poller,
-                            backend.handler,
-                            next_channel_id=ids.__next__,
-                            on_channel=on_channel,
-                        )
-                    )
-
-            nursery.start_soon(accept_loop)
+            await nursery.start(
+                functools.partial(serve, export, path, policy=policy, on_channel=on_channel)
+            )
             print("ready", flush=True)
-            await stop.wait()
-            nursery.cancel_scope.cancel()
     finally:
-        backend.close()
         print("stopped", flush=True)
 
 
