@@ -241,6 +241,8 @@ class Poller:
                     doorbell.ring(channel.cq_efd)
                     side.stats[ServerStat.WAKEUPS_SENT] += 1
                 for _ in range(BATCH):
+                    if channel.closed:  # completing (a corrupt CQ head) or the handler closed it
+                        break
                     item = side.take()
                     if item is None:
                         break
@@ -261,6 +263,9 @@ class Poller:
             except ProtocolError as exc:
                 log.warning("closing %r: %s", channel, exc)
                 side.count(ServerStat.PROTOCOL_ERRORS)
+                channel.close()
+            except Exception:  # whatever one channel does, the others keep being served
+                log.exception("closing %r after an unexpected error", channel)
                 channel.close()
         return worked
 
