@@ -241,7 +241,7 @@ class Poller:
                     doorbell.ring(channel.cq_efd)
                     side.stats[ServerStat.WAKEUPS_SENT] += 1
                 for _ in range(BATCH):
-                    if channel.closed:  # completing (a corrupt CQ head) or the handler closed it
+                    if _is_closed(channel):  # a completion (corrupt CQ head) or handler closed it
                         break
                     item = side.take()
                     if item is None:
