@@ -9,6 +9,7 @@ flight finish, release every channel and exit 0.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import logging
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import trio
 
 from backend_server.backend import Backend
+from channel import limits
 from channel.handshake import PeerCredentials
 from channel.poller import AnyChannel, Poller, serve_connection
 
@@ -51,6 +53,33 @@ class AccessPolicy:
         if {peer.gid, *peer.groups} & self.allow_gids:
             return None
         return f"uid {peer.uid} is not allowed to use this server"
+
+
+class ChannelQuota:
+    """At most `limits.MAX_CHANNELS_PER_UID` open channels per user (the identity served, so
+    channels a driver forwards for an application count against that application's user)."""
+
+    def __init__(self, per_uid: int = limits.MAX_CHANNELS_PER_UID) -> None:
+        self.per_uid = per_uid
+        self.open: collections.Counter[int] = collections.Counter()
+
+    def refusal(self, peer: PeerCredentials) -> str | None:
+        if self.open[peer.uid] >= self.per_uid:
+            return f"uid {peer.uid} already holds {self.per_uid} channels"
+        return None
+
+    def opened(self, channel: AnyChannel) -> None:
+        uid = channel.creds.uid
+        if self.open[uid] >= self.per_uid:  # a forwarded identity over its quota
+            log.warning("closing %r: uid %d is over its channel quota", channel, uid)
+            channel.close()
+            return
+        self.open[uid] += 1
+
+        def closed() -> None:
+            self.open[uid] -= 1
+
+        channel.on_close.append(closed)
 
 
 def trusted_forwarder(peer: PeerCredentials) -> bool:
@@ -88,6 +117,17 @@ async def serve(
 ) -> None:
     """Serve `export` on `socket_path` until SIGTERM/SIGINT."""
     policy = policy or AccessPolicy()
+    quota = ChannelQuota()
+    handshakes = trio.Semaphore(limits.MAX_PENDING_HANDSHAKES)
+
+    def authorize(peer: PeerCredentials) -> str | None:
+        return policy.refusal(peer) or quota.refusal(peer)
+
+    def channel_opened(channel: AnyChannel) -> None:
+        quota.opened(channel)
+        if on_channel is not None and not channel.closed:
+            on_channel(channel)
+
     backend = Backend(export)
     listener = bind_listener(socket_path, policy)
     poller = Poller()
@@ -116,7 +156,21 @@ async def serve(
 
             async def serve_one(conn: trio.socket.SocketType) -> None:
                 # One connection's failure must never take the server (and every other
-                # channel) down with it.
+                # channel) down with it. A handshake slot is held only until the handshake
+                # ends, so silent connections cannot pile up tasks without bound.
+                await handshakes.acquire()
+                slot_held = True
+
+                def release_slot() -> None:
+                    nonlocal slot_held
+                    if slot_held:
+                        slot_held = False
+                        handshakes.release()
+
+                def opened(channel: AnyChannel) -> None:
+                    release_slot()
+                    channel_opened(channel)
+
                 try:
                     await serve_connection(
                         conn,
@@ -125,11 +179,13 @@ async def serve(
                         next_channel_id=functools.partial(next, channel_ids),
                         secret=secret,
                         trust_forwarded=trusted_forwarder,
-                        authorize=policy.refusal,
-                        on_channel=on_channel,
+                        authorize=authorize,
+                        on_channel=opened,
                     )
                 except Exception:
                     log.exception("a connection failed")
+                finally:
+                    release_slot()
 
             async def accept_loop() -> None:
                 with accepting:

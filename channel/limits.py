@@ -51,3 +51,8 @@ SLEEP_BOUND = 0.010
 #: the server itself need not wake 100 times a second while nobody talks to it (each trio
 #: wake-up costs a few hundred microseconds of CPU on a small machine).
 IDLE_POLLER_SLEEP = 0.25
+
+#: Channels one user may hold open on a server at once, and handshakes in progress at once:
+#: a client must not make the server map regions or hold tasks without bound.
+MAX_CHANNELS_PER_UID = 64
+MAX_PENDING_HANDSHAKES = 64

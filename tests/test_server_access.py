@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from channel import limits
 from channel.client import BlockingClient
 from channel.errors import HandshakeRefused
 from channel.layout import Geometry
@@ -120,3 +121,28 @@ def test_signal_exits_cleanly_and_removes_the_socket(tmp_path: Path, signum: int
             proc.send_signal(signum)
             assert proc.wait(10) == 0
         assert not sock.exists()
+
+
+def test_channels_per_uid_are_bounded(tmp_path: Path) -> None:
+    with server(tmp_path) as (sock, _):
+        clients = [
+            BlockingClient.connect(sock, geometry=GEOMETRY)
+            for _ in range(limits.MAX_CHANNELS_PER_UID)
+        ]
+        try:
+            with pytest.raises(HandshakeRefused, match="already holds"):
+                BlockingClient.connect(sock, geometry=GEOMETRY)
+            clients.pop().close()
+            # The server notices the closed channel (its socket's EOF) and frees the quota.
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    clients.append(BlockingClient.connect(sock, geometry=GEOMETRY))
+                    break
+                except HandshakeRefused:
+                    assert time.monotonic() < deadline, "a closed channel still counts"
+                    time.sleep(0.01)  # the server's close runs in another process
+            clients[-1].call(Op.GETATTR, ino=1).check()
+        finally:
+            for client in clients:
+                client.close()
