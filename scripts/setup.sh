@@ -23,9 +23,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.ringfs-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "setup: installing ringfs (editable) with its test extra"
+    echo "setup: installing ringfs (editable) with its test and bench extras"
     log=.venv/setup.log
-    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'; } >"$log" 2>&1; then
+    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test,bench]'; } >"$log" 2>&1; then
         cat "$log" >&2
         echo "setup: pip install failed" >&2
         exit 1

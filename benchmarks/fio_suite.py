@@ -1,0 +1,404 @@
+"""The fio suite: the same jobs against ringfs and what a user would use instead, in one run.
+
+Targets (all FUSE targets export the same tmpfs directory, so they measure the file system
+layer, not a disk):
+  tmpfs            the export directory itself, no FUSE
+  disk             a directory on the machine's disk file system, no FUSE
+  ringfs-none      ringfs, -o cache=none
+  ringfs-auto      ringfs, -o cache=auto
+  ringfs-always    ringfs, -o cache=always
+  ringfs-socket    ringfs over its Unix-socket transport (same code, no shared memory), cache=none
+  passthrough      pyfuse3's own examples/passthroughfs.py (in-process, page cache, no IPC)
+
+Jobs: the fio job files in examples/fio/ (4 KiB random read/write psync QD1, 4 KiB random read
+libaio QD16, 1 MiB sequential read/write; numjobs 1 and 2), a stat loop, metadata rates
+(create, stat, readdir, unlink) and a small-file workload (untar of a source tree).
+
+Reported: IOPS, MiB/s, completion latency p50/p99, CPU seconds of the server and the driver
+(or of passthroughfs), ratios; written as markdown, JSON and a PNG chart to
+benchmarks/results/ with the machine description. `--quick` finishes in under three minutes.
+
+    .venv/bin/python benchmarks/fio_suite.py [--quick] [--targets a,b] [--jobs x,y]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+FIO_JOBS = REPO / "examples" / "fio"
+RINGFS = [sys.executable, "-m", "fusefront.cli.main"]
+PASSTHROUGH_CACHE = Path.home() / ".cache" / "ringfs-bench"
+
+FIO_RUNS = [  # (label, job file, numjobs)
+    ("randread-4k-qd1", "randread-4k-qd1", 1),
+    ("randread-4k-qd1-j2", "randread-4k-qd1", 2),
+    ("randwrite-4k-qd1", "randwrite-4k-qd1", 1),
+    ("randwrite-4k-qd1-j2", "randwrite-4k-qd1", 2),
+    ("randread-4k-qd16", "randread-4k-qd16", 1),
+    ("seqread-1m", "seqread-1m", 1),
+    ("seqread-1m-j2", "seqread-1m", 2),
+    ("seqwrite-1m", "seqwrite-1m", 1),
+]
+PY_RUNS = ["stat", "create", "stat-many", "readdir", "unlink", "untar"]
+TARGETS = [
+    "tmpfs", "disk", "ringfs-none", "ringfs-auto", "ringfs-always", "ringfs-socket",
+    "passthrough",
+]  # fmt: skip
+
+
+@dataclass
+class Target:
+    name: str
+    path: Path
+    pids: dict[str, int] = field(default_factory=dict)  # role -> pid whose CPU we charge
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_mounted(path: Path, proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(path):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{path}: the file system process exited ({proc.returncode})")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} was not mounted within {timeout} s")
+        time.sleep(0.02)  # another process is mounting
+
+
+def passthrough_script() -> Path:
+    """pyfuse3's examples/passthroughfs.py for the installed version, from its sdist (fetched
+    once with pip into a cache directory; never committed)."""
+    from importlib.metadata import version
+
+    import pyfuse3  # noqa: F401  (the installed version decides which sdist)
+
+    v = version("pyfuse3")
+    script = PASSTHROUGH_CACHE / f"passthroughfs-{v}.py"
+    if not script.exists():
+        PASSTHROUGH_CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
+                 ":all:", "-d", tmp, f"pyfuse3=={v}"],
+                check=True,
+            )  # fmt: skip
+            (sdist,) = Path(tmp).glob("pyfuse3-*.tar.gz")
+            with tarfile.open(sdist) as tar:
+                member = tar.getmember(f"pyfuse3-{v}/examples/passthroughfs.py")
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                script.write_bytes(extracted.read())
+    return script
+
+
+@contextlib.contextmanager
+def mounted(name: str, export: Path, base: Path) -> Iterator[Target]:
+    mnt = base / f"mnt-{name}"
+    mnt.mkdir()
+    if name == "passthrough":
+        proc = subprocess.Popen(
+            [sys.executable, str(passthrough_script()), str(export), str(mnt)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_mounted(mnt, proc)
+            yield Target(name, mnt, {"fs": proc.pid})
+        finally:
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+            proc.wait(20)
+        return
+    opts = {
+        "ringfs-none": "cache=none",
+        "ringfs-auto": "cache=auto",
+        "ringfs-always": "cache=always",
+        "ringfs-socket": "cache=none,transport=socket",
+    }[name]
+    sock = base / f"{name}.sock"
+    subprocess.run(
+        [*RINGFS, "up", str(export), str(mnt), "-o", opts, "--socket", str(sock)],
+        check=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        info = json.loads(os.getxattr(mnt, "user.ringfs.info"))
+        yield Target(name, mnt, {"driver": info["driver_pid"], "server": info["server_pid"]})
+    finally:
+        subprocess.run([*RINGFS, "umount", str(mnt)], check=False, cwd=REPO)
+
+
+def run_fio(target: Target, job: str, numjobs: int, size: str, runtime: int) -> dict[str, Any]:
+    env = {**os.environ, "DIR": str(target.path), "SIZE": size, "RUNTIME": str(runtime),
+           "NUMJOBS": str(numjobs)}  # fmt: skip
+    before = {role: cpu_seconds(pid) for role, pid in target.pids.items()}
+    done = subprocess.run(
+        ["fio", "--output-format=json", str(FIO_JOBS / f"{job}.fio")],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    cpu = {role: round(cpu_seconds(pid) - before[role], 2) for role, pid in target.pids.items()}
+    if done.returncode != 0:
+        return {"error": (done.stderr or done.stdout).strip()[-300:], "cpu_s": cpu}
+    result = json.loads(done.stdout[done.stdout.index("{") :])["jobs"][0]
+    side = result["read"] if result["read"]["io_bytes"] else result["write"]
+    pct = side["clat_ns"].get("percentile", {})
+    return {
+        "iops": round(side["iops"]),
+        "mib_s": round(side["bw_bytes"] / 2**20, 1),
+        "p50_us": round(pct.get("50.000000", 0) / 1000, 1),
+        "p99_us": round(pct.get("99.000000", 0) / 1000, 1),
+        "cpu_s": cpu,
+    }
+
+
+def run_python(target: Target, job: str, count: int, tarball: Path) -> dict[str, Any]:
+    """Metadata and small-file workloads, timed in this process."""
+    work = target.path / f"meta-{job}"
+    before = {role: cpu_seconds(pid) for role, pid in target.pids.items()}
+    names = [work / f"f{i:06d}" for i in range(count)]
+    ops = count
+    if job != "untar":
+        work.mkdir(exist_ok=True)
+    if job in ("stat-many", "readdir", "unlink"):
+        for n in names:
+            n.touch()
+    start = time.perf_counter()
+    if job == "stat":
+        probe = work / "probe"
+        probe.touch()
+        start = time.perf_counter()
+        for _ in range(count * 5):
+            os.stat(probe)
+        ops = count * 5
+    elif job == "create":
+        for n in names:
+            os.close(os.open(n, os.O_CREAT | os.O_WRONLY, 0o644))
+    elif job == "stat-many":
+        for n in names:
+            os.stat(n)
+    elif job == "readdir":
+        rounds = 20
+        for _ in range(rounds):
+            os.listdir(work)
+        ops = rounds
+    elif job == "unlink":
+        for n in names:
+            os.unlink(n)
+    elif job == "untar":
+        with tarfile.open(tarball) as tar:
+            members = tar.getmembers()
+            tar.extractall(work, filter="fully_trusted")
+        ops = len(members)
+    elapsed = time.perf_counter() - start
+    cpu = {role: round(cpu_seconds(pid) - before[role], 2) for role, pid in target.pids.items()}
+    shutil.rmtree(work, ignore_errors=True)
+    return {"ops_s": round(ops / elapsed), "ops": ops, "seconds": round(elapsed, 3), "cpu_s": cpu}
+
+
+def _no_bytecode(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    return None if "__pycache__" in member.name else member
+
+
+def source_tarball(base: Path) -> Path:
+    """A small-file tree: the Python standard library's sources (about 2,000 files)."""
+    tarball = base / "stdlib.tar"
+    stdlib = Path(os.__file__).parent
+    with tarfile.open(tarball, "w") as tar:
+        for sub in (
+            "email",
+            "json",
+            "asyncio",
+            "unittest",
+            "xml",
+            "http",
+            "logging",
+            "importlib",
+            "concurrent",
+            "multiprocessing",
+            "sqlite3",
+            "urllib",
+            "wsgiref",
+            "tomllib",
+        ):
+            tar.add(stdlib / sub, arcname=sub, filter=_no_bytecode)
+    return tarball
+
+
+def ratios(results: dict[str, dict[str, dict[str, Any]]], default: str) -> dict[str, Any]:
+    def rate(target: str, job: str) -> float | None:
+        r = results.get(target, {}).get(job, {})
+        return r.get("iops") or r.get("ops_s")
+
+    out: dict[str, Any] = {"default_vs_passthrough": {}, "default": default}
+    for job in [label for label, _, _ in FIO_RUNS] + PY_RUNS:
+        a, b = rate(default, job), rate("passthrough", job)
+        if a and b:
+            out["default_vs_passthrough"][job] = round(a / b, 2)
+    a, b = rate("ringfs-none", "randread-4k-qd1"), rate("ringfs-socket", "randread-4k-qd1")
+    if a and b:
+        out["shm_vs_socket_randread_4k_qd1"] = round(a / b, 2)
+    a, b = rate("ringfs-always", "randread-4k-qd1"), rate("tmpfs", "randread-4k-qd1")
+    if a and b:
+        out["always_vs_tmpfs_randread_4k_qd1"] = round(a / b, 2)
+    return out
+
+
+def write_reports(report: dict[str, Any], suffix: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"fio_suite{suffix}.json").write_text(json.dumps(report, indent=1))
+    targets = list(report["results"])
+    jobs = [label for label, _, _ in FIO_RUNS] + PY_RUNS
+    lines = [
+        f"# fio suite ({report['mode']}), {report['date']}",
+        "",
+        report["machine"],
+        "",
+        "Rates: IOPS for fio jobs (p50/p99 completion latency in µs), operations/s otherwise.",
+        "",
+        "| job | " + " | ".join(targets) + " |",
+        "|---" * (len(targets) + 1) + "|",
+    ]
+    for job in jobs:
+        cells = []
+        for t in targets:
+            r = report["results"][t].get(job, {})
+            if "error" in r:
+                cells.append("error")
+            elif "iops" in r:
+                cells.append(f"{r['iops']} ({r['p50_us']}/{r['p99_us']})")
+            elif "ops_s" in r:
+                cells.append(str(r["ops_s"]))
+            else:
+                cells.append("-")
+        lines.append(f"| {job} | " + " | ".join(cells) + " |")
+    lines += ["", "Ratios:", "", "```", json.dumps(report["ratios"], indent=1), "```"]
+    (RESULTS / f"fio_suite{suffix}.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no chart)")
+        return
+    fig, ax = plt.subplots(figsize=(13, 6))
+    width = 0.8 / len(targets)
+    for i, t in enumerate(targets):
+        values = []
+        for job in jobs:
+            r = report["results"][t].get(job, {})
+            values.append(r.get("iops") or r.get("ops_s") or 0)
+        ax.bar([j + i * width for j in range(len(jobs))], values, width, label=t)
+    ax.set_xticks([j + 0.4 for j in range(len(jobs))], jobs, rotation=35, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("IOPS / operations per second (log)")
+    ax.set_title(f"ringfs fio suite ({report['mode']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"fio_suite{suffix}.png", dpi=110)
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
+    mem = Path("/proc/meminfo").read_text().split("\n")[0].split()[1]
+    return (f"Machine: {os.cpu_count()} cores ({cpu}), {int(mem) // 2**20} GiB, "
+            f"Linux {platform.release()}, Python {platform.python_version()}")  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short runs, under three minutes")
+    p.add_argument("--targets", default=",".join(TARGETS))
+    p.add_argument("--jobs", default=",".join([label for label, _, _ in FIO_RUNS] + PY_RUNS))
+    args = p.parse_args()
+    targets = args.targets.split(",")
+    jobs = set(args.jobs.split(","))
+    size, runtime, count = ("64m", 2, 500) if args.quick else ("256m", 8, 3000)
+    sys.path.insert(0, str(REPO))
+    from fusefront.cache import DEFAULT_CACHE_MODE
+
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    base = Path(tempfile.mkdtemp(prefix="ringfs-bench-"))
+    tmpfs = base / "tmpfs"
+    tmpfs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", str(tmpfs)], check=True)
+    disk = Path(tempfile.mkdtemp(prefix="ringfs-bench-disk-", dir="/var/tmp"))
+    tarball = source_tarball(base)
+    total = len(targets) * len(jobs)
+    done = 0
+    started = time.monotonic()
+    try:
+        for name in targets:
+            export = tmpfs / "export"
+            export.mkdir(exist_ok=True)
+            if name in ("tmpfs", "disk"):
+                ctx: contextlib.AbstractContextManager[Target] = contextlib.nullcontext(
+                    Target(name, export if name == "tmpfs" else disk)
+                )
+            else:
+                ctx = mounted(name, export, base)
+            results[name] = {}
+            with ctx as target:
+                for label, job, numjobs in FIO_RUNS:
+                    if label in jobs:
+                        results[name][label] = run_fio(target, job, numjobs, size, runtime)
+                        done += 1
+                        progress(done, total, started, name, label, results[name][label])
+                for job in PY_RUNS:
+                    if job in jobs:
+                        results[name][job] = run_python(target, job, count, tarball)
+                        done += 1
+                        progress(done, total, started, name, job, results[name][job])
+            for leftover in export.glob("ringfs-fio-*"):
+                leftover.unlink()
+    finally:
+        subprocess.run(["umount", str(tmpfs)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(disk, ignore_errors=True)
+    default = f"ringfs-{DEFAULT_CACHE_MODE}"
+    report = {
+        "mode": "quick" if args.quick else "full",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "fio": subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout.strip(),
+        "results": results,
+        "ratios": ratios(results, default),
+    }
+    write_reports(report, "-quick" if args.quick else "")
+    print((RESULTS / f"fio_suite{'-quick' if args.quick else ''}.md").read_text())
+    worst = min(report["ratios"]["default_vs_passthrough"].values(), default=0.0)
+    print(f"fio_suite: default_vs_passthrough_min={worst:.2f}")
+    return 0
+
+
+def progress(
+    done: int, total: int, started: float, target: str, job: str, r: dict[str, Any]
+) -> None:
+    elapsed = time.monotonic() - started
+    eta = elapsed / done * (total - done)
+    rate = r.get("iops", r.get("ops_s", r.get("error", "?")))
+    print(f"[{done:3}/{total}] {target:14} {job:20} {rate!s:>10}   (eta {eta:4.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
