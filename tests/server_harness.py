@@ -1,9 +1,9 @@
 """A real filesystem server process for the operation tests, and clients to drive it.
 
 `python -m tests.server_harness EXPORT SOCKET` runs the real server
-(`backend_server.server.serve`, what `ringfs serve` runs) with every local user admitted. It prints `ready`, then `open <channel_id> <peer pid>` and
-`closed <channel_id>` lines, so tests can watch channel lifetimes from outside, and exits
-cleanly on SIGTERM.
+(`backend_server.server.serve`, what `ringfs serve` runs) with every local user admitted.
+It prints `ready`, then `open <channel_id> <peer pid>` and `closed <channel_id>` lines, so
+tests can watch channel lifetimes from outside, and exits cleanly on SIGTERM.
 
 Clients:
 * `ServerProcess.client(role=...)`: a `channel.client.BlockingClient` in the test process.
