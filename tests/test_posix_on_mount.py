@@ -351,3 +351,38 @@ def test_shell_tools_copy_tree(d: Path) -> None:
     subprocess.run(["diff", "-r", str(source), str(d / "copy")], check=True)
     shutil.rmtree(d / "copy")
     assert list(d.iterdir()) == []
+
+
+def test_stats_from_the_mount_point_and_from_the_server_socket(tmp_path: Path) -> None:
+    import json
+
+    from tests.mounting import ringfs
+
+    with ringfs_mount(tmp_path, "cache=none") as m:
+        for i in range(10):
+            (m.path / f"f{i}").write_bytes(b"x" * 5000)
+        by_mount = json.loads(ringfs("stats", str(m.path), "--json").stdout)
+        assert (by_mount["driver_pid"], by_mount["server_pid"]) == (m.driver_pid, m.server_pid)
+        (channel,) = by_mount["channels"]
+        assert channel["commands_by_opcode"]["WRITE"] >= 10
+        assert channel["bytes_out"] >= 50_000
+        assert channel["completions"] <= channel["commands"]
+        assert channel["wakeups_per_command"] <= 2
+        by_socket = json.loads(ringfs("stats", str(tmp_path / "server.sock"), "--json").stdout)
+        assert by_socket["server_pid"] == m.server_pid
+        assert [c["client_pid"] for c in by_socket["channels"]] == [m.driver_pid]
+        text = ringfs("stats", str(m.path)).stdout
+        assert "wake-ups sent" in text and "WRITE" in text
+
+
+def test_writeback_cache_mount_keeps_data(tmp_path: Path) -> None:
+    with ringfs_mount(tmp_path, "writeback") as m:
+        f = m.path / "f"
+        with open(f, "wb") as out:
+            for i in range(100):
+                out.write(bytes([i]) * 4096)
+            out.flush()
+            os.fsync(out.fileno())
+        expected = b"".join(bytes([i]) * 4096 for i in range(100))
+        assert f.read_bytes() == expected
+        assert (m.export / "f").read_bytes() == expected

@@ -4,6 +4,7 @@ shared region mapped read-only (no request is sent to the server or the driver).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -99,5 +100,7 @@ def run(args: argparse.Namespace) -> int:
     except (MountError, FileNotFoundError) as exc:
         print(f"ringfs: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError):  # ^C, or `ringfs stats --watch | head`
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (no second EPIPE at exit)
         return 0
