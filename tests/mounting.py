@@ -57,11 +57,3 @@ def ringfs_mount(base: Path, options: str = "", export: Path | None = None) -> I
             for pid in (mount.driver_pid, mount.server_pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -31,9 +31,9 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
     """Wait until every pid has exited; return those still alive at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
-        alive = [pid for pid in pids if pid and _alive(pid)]
-        if not alive or time.monotonic() > deadline:
-            return alive
+        remaining = [pid for pid in pids if pid and alive(pid)]
+        if not remaining or time.monotonic() > deadline:
+            return remaining
         time.sleep(0.02)  # another process's exit cannot be awaited without a pidfd per pid
 
 
@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ringfs: {done.stderr.strip() or 'fusermount3 failed'}", file=sys.stderr)
         return 1
     pids = [info.driver_pid] + ([info.server_pid] if info.owns_server else [])
-    alive = wait_gone(pids, STOP_TIMEOUT)
-    if alive:
-        print(f"ringfs: processes {alive} did not exit", file=sys.stderr)
+    remaining = wait_gone(pids, STOP_TIMEOUT)
+    if remaining:
+        print(f"ringfs: processes {remaining} did not exit", file=sys.stderr)
         return 1
     return 0
