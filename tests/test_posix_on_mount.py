@@ -324,7 +324,8 @@ def test_server_death_fails_operations_within_a_second(tmp_path: Path) -> None:
 
 
 def test_umount_leaves_no_process_behind(tmp_path: Path) -> None:
-    from tests.mounting import alive, ringfs
+    from fusefront.cli.umount import alive
+    from tests.mounting import ringfs
 
     with ringfs_mount(tmp_path) as m:
         pids = (m.driver_pid, m.server_pid)
