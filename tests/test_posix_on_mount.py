@@ -387,3 +387,29 @@ def test_writeback_cache_mount_keeps_data(tmp_path: Path) -> None:
         expected = b"".join(bytes([i]) * 4096 for i in range(100))
         assert f.read_bytes() == expected
         assert (m.export / "f").read_bytes() == expected
+
+
+def test_buffered_writes_do_not_ask_for_capabilities_each_time(tmp_path: Path) -> None:
+    import json
+    import struct
+
+    from tests.mounting import ringfs
+
+    with ringfs_mount(tmp_path, "cache=auto") as m:
+        f = m.path / "f"
+        with open(f, "wb", buffering=0) as out:
+            for i in range(200):
+                out.write(bytes([i % 256]) * 4096)
+        report = json.loads(ringfs("stats", str(m.path), "--json").stdout)
+        ops = report["channels"][0]["commands_by_opcode"]
+        assert ops["WRITE"] >= 200
+        assert ops.get("GETXATTR", 0) <= 5
+        # A capability set through the mount is seen at once (the negative entry is dropped).
+        caps = struct.pack("<IIIII", 0x02000000, 1 << 10, 0, 0, 0)  # v2, CAP_NET_BIND_SERVICE
+        os.setxattr(f, "security.capability", caps)
+        assert os.getxattr(f, "security.capability") == caps
+        with open(f, "r+b", buffering=0) as out:
+            out.write(b"x")  # a write by root strips file capabilities, as on a local disk
+        with pytest.raises(OSError) as exc:
+            os.getxattr(f, "security.capability")
+        assert exc.value.errno == errno.ENODATA
