@@ -53,3 +53,30 @@ def test_deleted_export_root_gives_clear_errors_and_the_server_lives(tmp_path: P
         os.listdir(m.path)  # an empty, deleted directory lists as empty
         assert os.path.ismount(m.path)
         os.kill(m.server_pid, 0)  # the server is still there
+
+
+def test_eio_from_the_backing_store_reaches_the_caller(tmp_path: Path) -> None:
+    import sys
+    import time
+
+    export = tmp_path / "export"
+    (export / "disk").mkdir(parents=True)
+    (export / "good").write_text("good")
+    failing = subprocess.Popen(
+        [sys.executable, "-m", "tests.failing_fs", str(export / "disk")],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(export / "disk"):
+            assert failing.poll() is None and time.monotonic() < deadline, "no failing fs"
+            time.sleep(0.02)  # another process is mounting
+        with ringfs_mount(tmp_path, "cache=none", export=export) as m:
+            assert os.listdir(m.path / "disk") == ["bad"]
+            with pytest.raises(OSError) as exc:
+                (m.path / "disk" / "bad").read_bytes()
+            assert exc.value.errno == errno.EIO
+            assert (m.path / "good").read_text() == "good"  # the rest is unaffected
+    finally:
+        subprocess.run(["fusermount3", "-u", str(export / "disk")], check=False)
+        failing.wait(10)
