@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import trio
 
@@ -28,14 +27,21 @@ from channel import doorbell, handshake, limits
 from channel.errors import ChannelClosed, status_to_oserror
 from channel.handshake import ClientConnection, PeerCredentials
 from channel.layout import ClientStat, Geometry
-from channel.protocol import NO_BUFFER, Completion, max_command_body, pack_body
+from channel.protocol import (
+    NO_BUFFER,
+    Completion,
+    HeaderFields,
+    max_command_body,
+    pack_body,
+)
+from channel.protocol import header_fields as header_fields_of
 from channel.sides import ClientSide, ServerSide
 
 Buffer = bytes | bytearray | memoryview
+_new_tuple = tuple.__new__
 
 
-@dataclass(slots=True)
-class Reply:
+class Reply(NamedTuple):
     """A completion as the caller sees it. `data` holds reply data copied out of the data
     buffer (None when the call asked for none); `data_len` is its length (also for
     `call_into`, whose data went to the caller's buffer)."""
@@ -67,13 +73,6 @@ def release_views(side: ClientSide | ServerSide) -> None:
             view.release()
 
 
-def _header_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
-    for reserved in ("buf", "data_len", "tag", "token"):
-        if reserved in fields:
-            raise TypeError(f"{reserved!r} is managed by the client")
-    return dict(fields)
-
-
 def _pack(body: Any, max_body: int) -> bytes:
     packed = pack_body(body)
     if len(packed) > max_body:
@@ -82,7 +81,16 @@ def _pack(body: Any, max_body: int) -> bytes:
 
 
 def _reply(completion: Completion, data: bytes | None) -> Reply:
-    return Reply(completion.status, completion.value, completion.body, data, completion.data_len)
+    return _new_tuple(
+        Reply, (completion.status, completion.value, completion.body, data, completion.data_len)
+    )
+
+
+def call_fields(header_fields: dict[str, int], size: int) -> HeaderFields:
+    """The header fields of a call's keywords, with `size` (the reply data wanted) set."""
+    if size:
+        header_fields["size"] = size
+    return header_fields_of(header_fields)
 
 
 class _Endpoint:
@@ -115,21 +123,20 @@ class _Endpoint:
     def _nudge(self) -> None:
         doorbell.nudge_if_unconsumed(self.side.sq, self._sq_efd)
 
-    def _prepare(
-        self, data: Buffer | None, read_size: int, into: bool, fields: dict[str, Any]
-    ) -> bool:
+    def _needs_buffer(self, data: Buffer | None, read_size: int, into: bool) -> bool:
         """Validate a call's payload sizes; True if it needs a data buffer."""
+        if data is None and not read_size and not into:
+            return False
         if data is not None and len(data) > self.buf_size:
             raise ValueError(f"{len(data)} bytes of data exceed the {self.buf_size}-byte buffer")
         if read_size < 0 or read_size > self.buf_size:
             raise ValueError(f"read_size {read_size} is outside 0..{self.buf_size}")
-        need = data is not None or read_size > 0 or into
-        if need and not self._buffers:
+        if not self._buffers:
             raise ValueError("this channel has no data buffers")
-        return need
+        return True
 
     def _submit(
-        self, opcode: int, packed: bytes, buf: int, data: Buffer | None, fields: dict[str, Any]
+        self, opcode: int, packed: bytes, buf: int, data: Buffer | None, fields: HeaderFields
     ) -> int:
         """Copy `data` into buffer `buf`, put the command on the SQ, ring if needed."""
         side = self.side
@@ -137,9 +144,7 @@ class _Endpoint:
         if data is not None:
             data_len = len(data)
             self._buffers[buf][:data_len] = data
-        if buf != NO_BUFFER:
-            fields["buf"] = buf
-        tag, wake = side.submit(opcode, packed, data_len=data_len, **fields)
+        tag, wake = side.post(opcode, packed, buf, data_len, fields)
         if wake:
             doorbell.ring(self._sq_efd)
             side.stats[ClientStat.WAKEUPS_SENT] += 1
@@ -212,10 +217,8 @@ class BlockingClient(_Endpoint):
     ) -> Reply:
         """Send one command and wait for its completion. `data` travels in a data buffer;
         with `read_size` > 0 up to that many bytes of reply data come back in `Reply.data`."""
-        fields = _header_fields(header_fields)
-        need_buf = self._prepare(data, read_size, False, fields)
-        if read_size:
-            fields["size"] = read_size
+        need_buf = self._needs_buffer(data, read_size, False)
+        fields = call_fields(header_fields, read_size)
         return self._call(opcode, _pack(body, self._max_body), data, read_size, None,
                           need_buf, fields)  # fmt: skip
 
@@ -230,10 +233,9 @@ class BlockingClient(_Endpoint):
     ) -> Reply:
         """Like `call`, but reply data (up to len(dest)) is copied into `dest`."""
         dest = memoryview(dest).cast("B")
-        fields = _header_fields(header_fields)
         size = min(len(dest), self.buf_size)
-        self._prepare(data, size, True, fields)
-        fields["size"] = size
+        self._needs_buffer(data, size, True)
+        fields = call_fields(header_fields, size)
         return self._call(opcode, _pack(body, self._max_body), data, size, dest, True, fields)
 
     def _call(
@@ -244,7 +246,7 @@ class BlockingClient(_Endpoint):
         read_size: int,
         dest: memoryview | None,
         need_buf: bool,
-        fields: dict[str, Any],
+        fields: HeaderFields,
     ) -> Reply:
         with self._lock:
             if self.closed:
@@ -399,10 +401,8 @@ class TrioClient(_Endpoint):
         **header_fields: Any,
     ) -> Reply:
         """As `BlockingClient.call`; many calls may be in flight at once."""
-        fields = _header_fields(header_fields)
-        need_buf = self._prepare(data, read_size, False, fields)
-        if read_size:
-            fields["size"] = read_size
+        need_buf = self._needs_buffer(data, read_size, False)
+        fields = call_fields(header_fields, read_size)
         packed = _pack(body, self._max_body)
         return await self._call(opcode, packed, data, read_size, None, need_buf, fields)
 
@@ -416,10 +416,9 @@ class TrioClient(_Endpoint):
         **header_fields: Any,
     ) -> Reply:
         dest = memoryview(dest).cast("B")
-        fields = _header_fields(header_fields)
         size = min(len(dest), self.buf_size)
-        self._prepare(data, size, True, fields)
-        fields["size"] = size
+        self._needs_buffer(data, size, True)
+        fields = call_fields(header_fields, size)
         packed = _pack(body, self._max_body)
         return await self._call(opcode, packed, data, size, dest, True, fields)
 
@@ -431,7 +430,7 @@ class TrioClient(_Endpoint):
         read_size: int,
         dest: memoryview | None,
         need_buf: bool,
-        fields: dict[str, Any],
+        fields: HeaderFields,
     ) -> Reply:
         self._check_open()
         if need_buf:

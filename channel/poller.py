@@ -237,7 +237,7 @@ class Poller:
                 continue
             side = channel.side
             try:
-                if side.has_pending and side.flush():
+                if side.pending and side.flush():
                     doorbell.ring(channel.cq_efd)
                     side.stats[ServerStat.WAKEUPS_SENT] += 1
                 for _ in range(BATCH):
@@ -287,7 +287,7 @@ class Poller:
             if channel.closed:
                 continue
             try:
-                if channel.side.has_pending:
+                if channel.side.pending:
                     bound = limits.SLEEP_BOUND
                 if channel.side.sq.prepare_park():
                     parked.append(channel)

@@ -9,7 +9,8 @@ outside the slot or the region. The errno convention: a completion's status is 0
 from __future__ import annotations
 
 import struct
-from typing import Any
+import threading
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -20,86 +21,77 @@ from channel.errors import ProtocolError
 COMMAND_HEADER = struct.Struct("<QHHI16siIQQQIIIIII")
 #: tag, status (0 or -errno), body_len, data_len, buf, value
 COMPLETION_HEADER = struct.Struct("<QiIIiQ")
+_COMMAND_SIZE = COMMAND_HEADER.size
+_COMPLETION_SIZE = COMPLETION_HEADER.size
+_unpack_command = COMMAND_HEADER.unpack_from
+_unpack_completion = COMPLETION_HEADER.unpack_from
+_pack_command = COMMAND_HEADER.pack_into
+_pack_completion = COMPLETION_HEADER.pack_into
 
 TOKEN_SIZE = 16
 NO_BUFFER = -1
 NO_TOKEN = bytes(TOKEN_SIZE)
 
 
-class Command:
-    """A decoded command. `body` is the msgpack body's value (None when empty)."""
+class Command(NamedTuple):
+    """A decoded command: the header's fields in wire order, then the msgpack body's value
+    (None when empty). A tuple, so that decoding builds it in one step."""
 
-    __slots__ = (
-        "body", "buf", "data_len", "fh", "flags", "gid", "ino", "offset", "opcode", "pid",
-        "size", "tag", "token", "uid", "umask",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        tag: int,
-        opcode: int,
-        flags: int,
-        token: bytes,
-        buf: int,
-        data_len: int,
-        ino: int,
-        fh: int,
-        offset: int,
-        size: int,
-        uid: int,
-        gid: int,
-        pid: int,
-        umask: int,
-        body: Any,
-    ) -> None:
-        self.tag = tag
-        self.opcode = opcode
-        self.flags = flags
-        self.token = token
-        self.buf = buf
-        self.data_len = data_len
-        self.ino = ino
-        self.fh = fh
-        self.offset = offset
-        self.size = size
-        self.uid = uid
-        self.gid = gid
-        self.pid = pid
-        self.umask = umask
-        self.body = body
+    tag: int
+    opcode: int
+    flags: int
+    body_len: int
+    token: bytes
+    buf: int
+    data_len: int
+    ino: int
+    fh: int
+    offset: int
+    size: int
+    uid: int
+    gid: int
+    pid: int
+    umask: int
+    reserved: int
+    body: Any
 
     def __repr__(self) -> str:
         return f"Command(tag={self.tag}, opcode={self.opcode}, ino={self.ino}, fh={self.fh})"
 
 
-class Completion:
-    """A decoded completion."""
+class Completion(NamedTuple):
+    """A decoded completion: the header's fields in wire order, then the body's value."""
 
-    __slots__ = ("body", "buf", "data_len", "status", "tag", "value")
-
-    def __init__(
-        self, tag: int, status: int, data_len: int, buf: int, value: int, body: Any
-    ) -> None:
-        self.tag = tag
-        self.status = status
-        self.data_len = data_len
-        self.buf = buf
-        self.value = value
-        self.body = body
+    tag: int
+    status: int
+    body_len: int
+    data_len: int
+    buf: int
+    value: int
+    body: Any
 
     def __repr__(self) -> str:
         return f"Completion(tag={self.tag}, status={self.status}, value={self.value})"
 
 
-_packb = msgpack.packb
+#: Building the tuples straight from the unpacked header plus the body skips NamedTuple's
+#: keyword-matching constructor, which costs more than the whole header unpack.
+_new_tuple = tuple.__new__
 _unpackb = msgpack.unpackb
+_packers = threading.local()
 
 
 def pack_body(body: Any) -> bytes:
     """msgpack a body; bytes stay bytes (bin), str stays str."""
     if body is None:
         return b""
-    return _packb(body, use_bin_type=True)
+    try:
+        pack = _packers.pack
+    except AttributeError:
+        # A Packer reused per thread is twice as fast as msgpack.packb, which builds one
+        # per call; per thread because the server packs replies in worker threads too.
+        pack = _packers.pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+    return pack(body)  # type: ignore[no-any-return]
 
 
 def unpack_body(data: bytes | memoryview) -> Any:
@@ -107,9 +99,30 @@ def unpack_body(data: bytes | memoryview) -> Any:
     if not data:
         return None
     try:
-        return _unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        return _unpackb(data)  # msgpack 1.x defaults: raw=False, strict_map_key, use_list
     except Exception as exc:  # msgpack raises a spread of types for bad input
         raise ProtocolError(f"malformed body: {exc.__class__.__name__}") from None
+
+
+#: The header fields a caller sets, in the order `header_fields` returns them.
+HEADER_FIELDS = ("flags", "ino", "fh", "offset", "size", "uid", "gid", "pid", "umask")
+HeaderFields = tuple[int, int, int, int, int, int, int, int, int]
+NO_FIELDS: HeaderFields = (0, 0, 0, 0, 0, 0, 0, 0, 0)
+_FIELD_NAMES = frozenset(HEADER_FIELDS)
+
+
+def header_fields(fields: dict[str, int]) -> HeaderFields:
+    """The caller-set header fields of keyword arguments, in `HEADER_FIELDS` order."""
+    if not fields:
+        return NO_FIELDS
+    unknown = fields.keys() - _FIELD_NAMES
+    if unknown:
+        raise TypeError(f"unknown or client-managed header fields: {sorted(unknown)}")
+    get = fields.get
+    return (
+        get("flags", 0), get("ino", 0), get("fh", 0), get("offset", 0), get("size", 0),
+        get("uid", 0), get("gid", 0), get("pid", 0), get("umask", 0),
+    )  # fmt: skip
 
 
 def max_command_body(slot_size: int) -> int:
@@ -120,6 +133,31 @@ def max_completion_body(slot_size: int) -> int:
     return slot_size - COMPLETION_HEADER.size
 
 
+def write_command(
+    slot: memoryview | bytearray,
+    tag: int,
+    opcode: int,
+    token: bytes,
+    body: bytes,
+    buf: int,
+    data_len: int,
+    fields: HeaderFields,
+) -> int:
+    """Write a command into `slot`; `body` is already msgpacked. Returns the bytes used."""
+    n = len(body)
+    end = _COMMAND_SIZE + n
+    if end > len(slot):
+        raise ValueError(f"command body of {n} bytes does not fit a {len(slot)}-byte slot")
+    flags, ino, fh, offset, size, uid, gid, pid, umask = fields
+    _pack_command(
+        slot, 0, tag, opcode, flags, n, token, buf, data_len,
+        ino, fh, offset, size, uid, gid, pid, umask, 0,
+    )  # fmt: skip
+    if n:
+        slot[_COMMAND_SIZE:end] = body
+    return end
+
+
 def encode_command(
     slot: memoryview | bytearray,
     tag: int,
@@ -127,29 +165,12 @@ def encode_command(
     token: bytes,
     body: bytes = b"",
     *,
-    flags: int = 0,
     buf: int = NO_BUFFER,
     data_len: int = 0,
-    ino: int = 0,
-    fh: int = 0,
-    offset: int = 0,
-    size: int = 0,
-    uid: int = 0,
-    gid: int = 0,
-    pid: int = 0,
-    umask: int = 0,
+    **fields: int,
 ) -> int:
-    """Write a command into `slot`; `body` is already msgpacked. Returns the bytes used."""
-    end = COMMAND_HEADER.size + len(body)
-    if end > len(slot):
-        raise ValueError(f"command body of {len(body)} bytes does not fit a {len(slot)}-byte slot")
-    COMMAND_HEADER.pack_into(
-        slot, 0, tag, opcode, flags, len(body), token, buf, data_len,
-        ino, fh, offset, size, uid, gid, pid, umask, 0,
-    )  # fmt: skip
-    if body:
-        slot[COMMAND_HEADER.size : end] = body
-    return end
+    """`write_command` with the header fields as keywords (see HEADER_FIELDS)."""
+    return write_command(slot, tag, opcode, token, body, buf, data_len, header_fields(fields))
 
 
 def decode_command(
@@ -158,13 +179,13 @@ def decode_command(
     """Parse and validate a command. `buf_count`/`buf_size` are the region's pool; with
     `max_inline_data` > 0 (socket transport) the data follows the body instead."""
     try:
-        (
-            tag, opcode, flags, body_len, token, buf, data_len,
-            ino, fh, offset, size, uid, gid, pid, umask, _reserved,
-        ) = COMMAND_HEADER.unpack_from(slot, 0)  # fmt: skip
+        header = _unpack_command(slot, 0)
     except struct.error:
         raise ProtocolError("slot shorter than a command header") from None
-    if body_len > len(slot) - COMMAND_HEADER.size:
+    body_len = header[3]
+    buf = header[5]
+    data_len = header[6]
+    if body_len > len(slot) - _COMMAND_SIZE:
         raise ProtocolError(f"body length {body_len} overruns the slot")
     if buf == NO_BUFFER:
         if data_len > max_inline_data:
@@ -173,27 +194,10 @@ def decode_command(
         raise ProtocolError(f"data buffer index {buf} out of range")
     elif data_len > buf_size:
         raise ProtocolError(f"data length {data_len} exceeds the buffer size {buf_size}")
-    if size > buf_size and buf != NO_BUFFER:
-        raise ProtocolError(f"size {size} exceeds the buffer size {buf_size}")
-    start = COMMAND_HEADER.size
-    body = unpack_body(slot[start : start + body_len])
-    return Command(
-        tag,
-        opcode,
-        flags,
-        token,
-        buf,
-        data_len,
-        ino,
-        fh,
-        offset,
-        size,
-        uid,
-        gid,
-        pid,
-        umask,
-        body,
-    )
+    elif header[10] > buf_size:
+        raise ProtocolError(f"size {header[10]} exceeds the buffer size {buf_size}")
+    body = unpack_body(slot[_COMMAND_SIZE : _COMMAND_SIZE + body_len]) if body_len else None
+    return _new_tuple(Command, (*header, body))
 
 
 def peek_tag(slot: memoryview | bytes) -> int:
@@ -215,7 +219,7 @@ def encode_completion(
     end = COMPLETION_HEADER.size + len(body)
     if end > len(slot):
         raise ValueError(f"completion body of {len(body)} bytes does not fit the slot")
-    COMPLETION_HEADER.pack_into(slot, 0, tag, status, len(body), data_len, buf, value)
+    _pack_completion(slot, 0, tag, status, len(body), data_len, buf, value)
     if body:
         slot[COMPLETION_HEADER.size : end] = body
     return end
@@ -226,15 +230,17 @@ def decode_completion(
 ) -> Completion:
     """Parse and validate a completion."""
     try:
-        tag, status, body_len, data_len, buf, value = COMPLETION_HEADER.unpack_from(slot, 0)
+        header = _unpack_completion(slot, 0)
     except struct.error:
         raise ProtocolError("slot shorter than a completion header") from None
+    status = header[1]
+    body_len = header[2]
+    data_len = header[3]
     if status > 0:
         raise ProtocolError(f"completion status {status} is neither 0 nor a negative errno")
-    if body_len > len(slot) - COMPLETION_HEADER.size:
+    if body_len > len(slot) - _COMPLETION_SIZE:
         raise ProtocolError(f"completion body length {body_len} overruns the slot")
-    if data_len > max(buf_size, max_inline_data):
+    if data_len > buf_size and data_len > max_inline_data:
         raise ProtocolError(f"completion data length {data_len} is too large")
-    start = COMPLETION_HEADER.size
-    body = unpack_body(slot[start : start + body_len])
-    return Completion(tag, status, data_len, buf, value, body)
+    body = unpack_body(slot[_COMPLETION_SIZE : _COMPLETION_SIZE + body_len]) if body_len else None
+    return _new_tuple(Completion, (*header, body))

@@ -10,11 +10,10 @@ wake-up is needed, so tests can drive it byte by byte.
 from __future__ import annotations
 
 import errno
-import hmac
 import os
-import time
 from collections import deque
-from typing import Any
+from hmac import compare_digest
+from time import monotonic_ns
 
 from channel import layout
 from channel.errors import ProtocolError
@@ -24,19 +23,24 @@ from channel.protocol import (
     NO_TOKEN,
     Command,
     Completion,
+    HeaderFields,
     decode_command,
     decode_completion,
-    encode_command,
     encode_completion,
+    header_fields,
     peek_tag,
+    write_command,
 )
 from channel.ring import RingConsumer, RingProducer
 
 _LAST_OPCODE_COUNTER = layout.OPCODE_COUNTERS - 1
+_BY_OPCODE = ClientStat.BY_OPCODE
+_SERVER_BY_OPCODE = ServerStat.BY_OPCODE
 
 
 def _opcode_counter(opcode: int) -> int:
-    return opcode if 0 <= opcode < _LAST_OPCODE_COUNTER else _LAST_OPCODE_COUNTER
+    """The per-opcode statistics word of `opcode` (an unsigned 16-bit number)."""
+    return opcode if opcode < _LAST_OPCODE_COUNTER else _LAST_OPCODE_COUNTER
 
 
 def sq_consumer(region: Region) -> RingConsumer:
@@ -81,6 +85,7 @@ class ClientSide:
         #: tag -> submit time (ns), for the latency histogram
         self.in_flight: dict[int, int] = {}
         self._next_tag = 1
+        self._buf_size = region.geometry.buf_size
         self._free_buffers = list(range(region.geometry.buf_count - 1, -1, -1))
         self.buffers = [region.buffer(i) for i in range(region.geometry.buf_count)]
         self.stats[ClientStat.PID] = os.getpid()
@@ -101,23 +106,30 @@ class ClientSide:
     def can_submit(self) -> bool:
         return len(self.in_flight) < self.max_in_flight and self.sq.free_slots() > 0
 
-    def submit(
-        self, opcode: int, body: bytes = b"", *, data_len: int = 0, **fields: Any
+    def post(
+        self, opcode: int, body: bytes, buf: int, data_len: int, fields: HeaderFields
     ) -> tuple[int, bool]:
         """Put one command on the SQ; returns (tag, True if the server must be woken).
         The caller has checked can_submit(); `body` is already msgpacked."""
         tag = self._next_tag
         self._next_tag = tag + 1
-        encode_command(
-            self.sq.next_slot(), tag, opcode, self.token, body, data_len=data_len, **fields
-        )
-        self.in_flight[tag] = time.monotonic_ns()
+        sq = self.sq
+        write_command(sq.slots[sq.tail & sq.mask], tag, opcode, self.token, body, buf, data_len,
+                      fields)  # fmt: skip
+        self.in_flight[tag] = monotonic_ns()
         stats = self.stats
         stats[ClientStat.COMMANDS] += 1
-        stats[ClientStat.BY_OPCODE + _opcode_counter(opcode)] += 1
+        stats[_BY_OPCODE + _opcode_counter(opcode)] += 1
         if data_len:
             stats[ClientStat.BYTES_OUT] += data_len
-        return tag, self.sq.publish()
+        return tag, sq.publish()
+
+    def submit(
+        self, opcode: int, body: bytes = b"", *, buf: int = NO_BUFFER, data_len: int = 0,
+        **fields: int,
+    ) -> tuple[int, bool]:  # fmt: skip
+        """`post` with the header fields as keywords."""
+        return self.post(opcode, body, buf, data_len, header_fields(fields))
 
     # -- completion -----------------------------------------------------------------------
     def reap(self) -> Completion | None:
@@ -126,9 +138,8 @@ class ClientSide:
         by nobody: the server is trusted not to invent them; they are simply ignored)."""
         cq = self.cq
         while cq.available():
-            slot = cq.current_slot()
             try:
-                completion = decode_completion(slot, self.region.geometry.buf_size)
+                completion = decode_completion(cq.slots[cq.head & cq.mask], self._buf_size)
             finally:
                 cq.release()
             started = self.in_flight.pop(completion.tag, None)
@@ -140,7 +151,7 @@ class ClientSide:
 
     def _account(self, completion: Completion, started: int) -> None:
         stats = self.stats
-        elapsed = time.monotonic_ns() - started
+        elapsed = monotonic_ns() - started
         stats[ClientStat.COMPLETIONS] += 1
         stats[ClientStat.LATENCY_SUM_NS] += elapsed
         bucket = min((elapsed // 1000).bit_length(), layout.LATENCY_BUCKETS - 1)
@@ -150,6 +161,15 @@ class ClientSide:
 
     def count(self, stat: int, n: int = 1) -> None:
         self.stats[stat] += n
+
+
+def _encode_completion(
+    slot: memoryview, tag: int, status: int, body: bytes, data_len: int, buf: int, value: int
+) -> None:
+    try:
+        encode_completion(slot, tag, status, body, data_len=data_len, buf=buf, value=value)
+    except ValueError:  # the body does not fit a slot
+        encode_completion(slot, tag, -errno.EOVERFLOW)
 
 
 class Rejected:
@@ -180,7 +200,9 @@ class ServerSide:
         self.buffers = [region.buffer(i) for i in range(g.buf_count)]
         #: commands taken whose completion has not been published yet
         self.outstanding = 0
-        self._pending: deque[tuple[int, int, bytes, int, int, int]] = deque()
+        #: completions waiting for room in the CQ (only a client that stops reaping, or
+        #: lies about its CQ head, makes any wait)
+        self.pending: deque[tuple[int, int, bytes, int, int, int]] = deque()
         self.stats[ServerStat.PID] = os.getpid()
 
     def take(self) -> Command | Rejected | None:
@@ -190,23 +212,26 @@ class ServerSide:
         sq = self.sq
         if not sq.available():
             return None
-        if self.outstanding + (self.cq_entries - self.cq.free_slots()) >= self.cq_entries:
+        cq = self.cq
+        if self.outstanding + cq.entries - cq.free_slots() >= cq.entries:
             return None
-        slot = sq.current_slot()
         stats = self.stats
+        slot = sq.slots[sq.head & sq.mask]
         try:
-            command: Command | Rejected = decode_command(slot, self.buf_count, self.buf_size)
+            command = decode_command(slot, self.buf_count, self.buf_size)
         except ProtocolError:
-            command = Rejected(peek_tag(slot), -errno.EPROTO)
+            sq.release()
+            self.outstanding += 1
+            stats[ServerStat.COMMANDS] += 1
             stats[ServerStat.PROTOCOL_ERRORS] += 1
+            return Rejected(peek_tag(slot), -errno.EPROTO)
         sq.release()  # everything needed was copied out of the slot
         self.outstanding += 1
         stats[ServerStat.COMMANDS] += 1
-        if isinstance(command, Command):
-            if not hmac.compare_digest(command.token, self.token):
-                stats[ServerStat.AUTH_FAILURES] += 1
-                return Rejected(command.tag, -errno.EACCES)
-            stats[ServerStat.BY_OPCODE + _opcode_counter(command.opcode)] += 1
+        if not compare_digest(command.token, self.token):
+            stats[ServerStat.AUTH_FAILURES] += 1
+            return Rejected(command.tag, -errno.EACCES)
+        stats[_SERVER_BY_OPCODE + _opcode_counter(command.opcode)] += 1
         return command
 
     def complete(
@@ -226,28 +251,25 @@ class ServerSide:
         stats[ServerStat.COMPLETIONS] += 1
         if status < 0:
             stats[ServerStat.ERRORS] += 1
-        self._pending.append((tag, status, body, data_len, buf, value))
-        return self.flush()
+        cq = self.cq
+        if self.pending or not cq.free_slots():
+            self.pending.append((tag, status, body, data_len, buf, value))
+            return self.flush()
+        _encode_completion(cq.slots[cq.tail & cq.mask], tag, status, body, data_len, buf, value)
+        return cq.publish()
 
     def flush(self) -> bool:
         """Publish queued completions while the CQ has room; True if the client must be woken."""
-        cq, pending = self.cq, self._pending
+        cq, pending = self.cq, self.pending
         published = 0
         free = cq.free_slots() if pending else 0
         while pending and free:
             tag, status, body, data_len, buf, value = pending.popleft()
-            slot = cq.slots[(cq.tail + published) & cq.mask]
-            try:
-                encode_completion(slot, tag, status, body, data_len=data_len, buf=buf, value=value)
-            except ValueError:
-                encode_completion(slot, tag, -errno.EOVERFLOW)
+            _encode_completion(cq.slots[(cq.tail + published) & cq.mask], tag, status, body,
+                               data_len, buf, value)  # fmt: skip
             published += 1
             free -= 1
         return cq.publish(published) if published else False
-
-    @property
-    def has_pending(self) -> bool:
-        return bool(self._pending)
 
     def count(self, stat: int, n: int = 1) -> None:
         self.stats[stat] += n

@@ -28,7 +28,7 @@ from typing import Any, Self
 import trio
 
 from channel import handshake, limits
-from channel.client import Buffer, Reply, _background, _header_fields, _pack
+from channel.client import Buffer, Reply, _background, _pack, _reply, call_fields
 from channel.errors import ChannelClosed, ProtocolError
 from channel.handshake import LENGTH, PeerCredentials
 from channel.protocol import (
@@ -37,12 +37,13 @@ from channel.protocol import (
     NO_BUFFER,
     Command,
     Completion,
+    HeaderFields,
     decode_command,
     decode_completion,
-    encode_command,
     max_command_body,
     max_completion_body,
     peek_tag,
+    write_command,
 )
 
 log = logging.getLogger(__name__)
@@ -106,26 +107,25 @@ class FrameReader:
 
 
 def encode_command_frame(
-    tag: int, opcode: int, token: bytes, body: bytes, data: Buffer | None, fields: dict[str, Any]
+    tag: int,
+    opcode: int,
+    token: bytes,
+    body: bytes,
+    data: Buffer | None,
+    request: tuple[int, HeaderFields],
 ) -> list[Buffer]:
     """A command frame as a list of pieces for sendmsg (the data is not copied)."""
     head = bytearray(LENGTH.size + COMMAND_HEADER.size + len(body))
     data_len = len(data) if data is not None else 0
-    encode_command(
-        memoryview(head)[LENGTH.size :], tag, opcode, token, body, data_len=data_len, **fields
-    )
+    buf, fields = request
+    write_command(memoryview(head)[LENGTH.size :], tag, opcode, token, body, buf, data_len, fields)
     LENGTH.pack_into(head, 0, len(head) - LENGTH.size + data_len)
     return [head, data] if data_len and data is not None else [head]
 
 
-def _body_len(frame: bytes) -> int:
-    """The body length of a decoded frame: bytes 12..16 of both header formats."""
-    return int.from_bytes(frame[12:16], "little")
-
-
 def decode_completion_frame(frame: bytes) -> tuple[Completion, memoryview]:
     completion = decode_completion(frame, BUF_SIZE)
-    start = COMPLETION_HEADER.size + _body_len(frame)
+    start = COMPLETION_HEADER.size + completion.body_len
     if start + completion.data_len != len(frame):
         raise ProtocolError("completion frame length disagrees with its header")
     return completion, memoryview(frame)[start:]
@@ -143,15 +143,16 @@ def _reply_data(
     return bytes(data[:read_size])
 
 
-def _frame_fields(data: Buffer | None, read_size: int, into: bool, fields: dict[str, Any]) -> None:
+def _frame_request(
+    data: Buffer | None, read_size: int, into: bool, header_fields: dict[str, int]
+) -> tuple[int, HeaderFields]:
+    """A call's data-buffer index (the frame's one, or none) and header fields."""
     if data is not None and len(data) > BUF_SIZE:
         raise ValueError(f"{len(data)} bytes of data exceed the {BUF_SIZE}-byte limit")
     if read_size < 0 or read_size > BUF_SIZE:
         raise ValueError(f"read_size {read_size} is outside 0..{BUF_SIZE}")
-    if data is not None or read_size > 0 or into:
-        fields["buf"] = FRAME_BUFFER
-    if read_size:
-        fields["size"] = read_size
+    buf = FRAME_BUFFER if data is not None or read_size > 0 or into else NO_BUFFER
+    return buf, call_fields(header_fields, read_size)
 
 
 def _connect(
@@ -199,9 +200,8 @@ class SocketBlockingClient:
         read_size: int = 0,
         **header_fields: Any,
     ) -> Reply:
-        fields = _header_fields(header_fields)
-        _frame_fields(data, read_size, False, fields)
-        return self._call(opcode, _pack(body, MAX_BODY), data, read_size, None, fields)
+        request = _frame_request(data, read_size, False, header_fields)
+        return self._call(opcode, _pack(body, MAX_BODY), data, read_size, None, request)
 
     def call_into(
         self,
@@ -213,9 +213,8 @@ class SocketBlockingClient:
         **header_fields: Any,
     ) -> Reply:
         dest = memoryview(dest).cast("B")
-        fields = _header_fields(header_fields)
-        _frame_fields(data, min(len(dest), BUF_SIZE), True, fields)
-        return self._call(opcode, _pack(body, MAX_BODY), data, 0, dest, fields)
+        request = _frame_request(data, min(len(dest), BUF_SIZE), True, header_fields)
+        return self._call(opcode, _pack(body, MAX_BODY), data, 0, dest, request)
 
     def _call(
         self,
@@ -224,14 +223,14 @@ class SocketBlockingClient:
         data: Buffer | None,
         read_size: int,
         dest: memoryview | None,
-        fields: dict[str, Any],
+        request: tuple[int, HeaderFields],
     ) -> Reply:
         with self._lock:
             if self.closed:
                 raise ChannelClosed("the channel is closed")
             tag = self._next_tag
             self._next_tag += 1
-            pieces = encode_command_frame(tag, opcode, self.token, packed, data, fields)
+            pieces = encode_command_frame(tag, opcode, self.token, packed, data, request)
             try:
                 total = sum(len(p) for p in pieces)
                 sent = self.sock.sendmsg(pieces)
@@ -244,13 +243,7 @@ class SocketBlockingClient:
             except OSError as exc:
                 self.closed = True
                 raise ChannelClosed(f"the server closed the channel: {exc}") from None
-            return Reply(
-                completion.status,
-                completion.value,
-                completion.body,
-                _reply_data(completion, payload, read_size, dest),
-                completion.data_len,
-            )
+            return _reply(completion, _reply_data(completion, payload, read_size, dest))
 
     def _next_frame(self) -> bytes:
         while (frame := self._reader.next_frame()) is None:
@@ -329,9 +322,8 @@ class SocketTrioClient:
         read_size: int = 0,
         **header_fields: Any,
     ) -> Reply:
-        fields = _header_fields(header_fields)
-        _frame_fields(data, read_size, False, fields)
-        return await self._call(opcode, _pack(body, MAX_BODY), data, read_size, None, fields)
+        request = _frame_request(data, read_size, False, header_fields)
+        return await self._call(opcode, _pack(body, MAX_BODY), data, read_size, None, request)
 
     async def call_into(
         self,
@@ -343,9 +335,8 @@ class SocketTrioClient:
         **header_fields: Any,
     ) -> Reply:
         dest = memoryview(dest).cast("B")
-        fields = _header_fields(header_fields)
-        _frame_fields(data, min(len(dest), BUF_SIZE), True, fields)
-        return await self._call(opcode, _pack(body, MAX_BODY), data, 0, dest, fields)
+        request = _frame_request(data, min(len(dest), BUF_SIZE), True, header_fields)
+        return await self._call(opcode, _pack(body, MAX_BODY), data, 0, dest, request)
 
     async def _call(
         self,
@@ -354,7 +345,7 @@ class SocketTrioClient:
         data: Buffer | None,
         read_size: int,
         dest: memoryview | None,
-        fields: dict[str, Any],
+        request: tuple[int, HeaderFields],
     ) -> Reply:
         if self.closed:
             raise ChannelClosed("the channel is closed")
@@ -364,7 +355,7 @@ class SocketTrioClient:
             waiter = _SocketWaiter(read_size, dest)
             self._waiters[tag] = waiter
             try:
-                pieces = encode_command_frame(tag, opcode, self.token, packed, data, fields)
+                pieces = encode_command_frame(tag, opcode, self.token, packed, data, request)
                 message = b"".join(bytes(p) for p in pieces) if len(pieces) > 1 else pieces[0]
                 view = memoryview(message)
                 async with self._send_lock:
@@ -394,12 +385,9 @@ class SocketTrioClient:
                     waiter = self._waiters.pop(completion.tag, None)
                     if waiter is None:
                         continue
-                    waiter.reply = Reply(
-                        completion.status,
-                        completion.value,
-                        completion.body,
+                    waiter.reply = _reply(
+                        completion,
                         _reply_data(completion, payload, waiter.read_size, waiter.dest),
-                        completion.data_len,
                     )
                     waiter.event.set()
         except (OSError, ProtocolError, trio.ClosedResourceError):
@@ -536,7 +524,7 @@ class SocketServerChannel:
         self.commands += 1
         try:
             cmd = decode_command(frame, 1, BUF_SIZE)
-            start = COMMAND_HEADER.size + _body_len(frame)
+            start = COMMAND_HEADER.size + cmd.body_len
             if start + cmd.data_len != len(frame):
                 raise ProtocolError("command frame length disagrees with its header")
         except ProtocolError:
