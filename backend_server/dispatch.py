@@ -34,7 +34,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backend_server import ops_data, ops_dir, ops_meta, ops_xattr
+from backend_server import ops_data, ops_dir, ops_meta, ops_restore, ops_xattr
 from backend_server.context import Reply, Request
 from backend_server.ops_dir import INLINE_READDIR_ENTRIES
 from channel.opcodes import Op
@@ -130,4 +130,6 @@ OPS: dict[int, OpSpec] = {
     Op.GETLK: _spec(ops_data.locks, identity=False),
     Op.SETLK: _spec(ops_data.locks, identity=False),
     Op.FLOCK: _spec(ops_data.locks, identity=False),
+    Op.RESTORE_INODES: _spec(ops_restore.restore_inodes, identity=False),
+    Op.RESTORE_HANDLE: _spec(ops_restore.restore_handle, identity=False),
 }

@@ -123,6 +123,38 @@ class InodeTable:
             lookups[inode.number] = lookups.get(inode.number, 0) + 1
             return inode
 
+    def restore(
+        self, session: Session, fd: int, st: os.stat_result, number: int, count: int
+    ) -> Inode:
+        """Register the object behind O_PATH `fd` (taken over) under the given `number` with
+        `count` lookups: a restarted server takes back what the kernel still holds. EEXIST
+        when the number or the object is already known otherwise."""
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            if session.closed or self.closed:
+                os.close(fd)
+                raise fail(errno.ESHUTDOWN, "channel closed")
+            inode = self._by_key.get(key)
+            known = self._numbers.get(key, number)
+            if (
+                (inode is not None and inode.number != number)
+                or known != number
+                or (inode is None and number in self._by_number)
+            ):
+                os.close(fd)
+                raise fail(errno.EEXIST, "inode number already in use")
+            if inode is None:
+                inode = Inode(number, fd, key, stat.S_IFMT(st.st_mode))
+                self._by_key[key] = inode
+                self._by_number[number] = inode
+                self._numbers[key] = number
+                self._next_number = max(self._next_number, number + 1)
+            else:
+                os.close(fd)
+            inode.lookups += count
+            session.lookups[number] = session.lookups.get(number, 0) + count
+            return inode
+
     def forget(self, session: Session, number: int, count: int) -> None:
         """Drop up to `count` of `session`'s references to `number` (never more than the
         session holds; unknown numbers are ignored, as FORGET has no reply to fail in)."""

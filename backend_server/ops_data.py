@@ -46,7 +46,7 @@ OPEN_FLAGS = (
 )
 
 
-def _open_flags(value: object) -> int:
+def open_flags(value: object) -> int:
     flags = wire.integer(value, 0, U32_MAX)
     if flags & os.O_ACCMODE == os.O_ACCMODE:
         raise fail(errno.EINVAL, "O_ACCMODE is not an access mode")
@@ -55,7 +55,7 @@ def _open_flags(value: object) -> int:
 
 def open_(req: Request) -> Reply:
     (flags,) = wire.args(req.cmd.body, 1)
-    flags = _open_flags(flags)
+    flags = open_flags(flags)
     inode = req.inode(req.cmd.ino)
     if inode.is_symlink:
         raise fail(errno.ELOOP)
@@ -69,7 +69,7 @@ def create(req: Request) -> Reply:
     name, mode, raw_flags = wire.args(req.cmd.body, 3)
     name = check_name(name, Use.CREATE_OPEN)
     mode = wire.integer(mode, 0, U32_MAX)
-    flags = _open_flags(raw_flags) | (raw_flags & os.O_EXCL)
+    flags = open_flags(raw_flags) | (raw_flags & os.O_EXCL)
     if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
         raise fail(errno.EINVAL)
     parent = req.inode(req.cmd.ino)

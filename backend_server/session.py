@@ -34,6 +34,13 @@ class Session:
         self.handles[fh] = handle
         return fh
 
+    def install_handle(self, fh: int, handle: Handle) -> None:
+        """Put `handle` under the number `fh` (a restored handle keeps its old number)."""
+        if fh in self.handles:
+            raise fail(errno.EEXIST)
+        self.handles[fh] = handle
+        self.next_fh = max(self.next_fh, fh + 1)
+
     def handle(self, fh: int) -> Handle:
         handle = self.handles.get(fh)
         if handle is None:

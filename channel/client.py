@@ -354,6 +354,7 @@ class TrioClient(_Endpoint):
         self._waiters: dict[int, _Waiter] = {}
         self._work = trio.Event()
         self._tsock = trio.socket.from_stdlib_socket(conn.sock)
+        self._closed_event = trio.Event()
 
     @classmethod
     @asynccontextmanager
@@ -501,6 +502,10 @@ class TrioClient(_Endpoint):
             self._finish(waiter)
             waiter.event.set()
 
+    async def wait_closed(self) -> None:
+        """Return once the channel is over (the server went away, or the client closed)."""
+        await self._closed_event.wait()
+
     async def _watch_peer(self) -> None:
         with suppress(OSError, trio.ClosedResourceError):
             await self._tsock.recv(1)
@@ -510,6 +515,7 @@ class TrioClient(_Endpoint):
         """Fail every waiter and every future call. Their buffers are not reused: the
         channel is over, and a server might still be writing into them."""
         self.closed = True
+        self._closed_event.set()
         waiters = list(self._waiters.values())
         self._waiters.clear()
         for waiter in waiters:

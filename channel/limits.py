@@ -52,6 +52,9 @@ SLEEP_BOUND = 0.010
 #: wake-up costs a few hundred microseconds of CPU on a small machine).
 IDLE_POLLER_SLEEP = 0.25
 
+#: Entries per RESTORE_INODES command: bounded work per command (each is a lookup).
+MAX_RESTORE_BATCH = 256
+
 #: Channels one user may hold open on a server at once, and handshakes in progress at once:
 #: a client must not make the server map regions or hold tasks without bound.
 MAX_CHANNELS_PER_UID = 64

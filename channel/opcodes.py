@@ -41,6 +41,8 @@ Bulk data (write payloads, read results, directory pages, xattr values) travels 
 | FALLOCATE   | fh, offset, size              | [mode]                                | -                       |
 | GETLK/SETLK | fh                            | lock description                      | lock description        |
 | FLOCK       | fh                            | [operation]                           | -                       |
+| RESTORE_INODES | - (driver only)            | [[parent, name, number, nlookup], ...]| [status per entry]      |
+| RESTORE_HANDLE | ino, fh (driver only)      | [flags]                               | -                       |
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ class Op(IntEnum):
     GETLK = 32
     SETLK = 33
     FLOCK = 34
+    # Recovery after a server restart: the trusted driver re-registers what the kernel holds.
+    RESTORE_INODES = 64
+    RESTORE_HANDLE = 65
 
 
 #: Every opcode value, for O(1) validation of a header's opcode field.

@@ -290,6 +290,11 @@ class SocketTrioClient:
         self._send_lock = trio.Lock()
         self._waiters: dict[int, _SocketWaiter] = {}
         self._next_tag = 1
+        self._closed_event = trio.Event()
+
+    async def wait_closed(self) -> None:
+        """Return once the channel is over (the server went away, or the client closed)."""
+        await self._closed_event.wait()
 
     @classmethod
     @asynccontextmanager
@@ -396,6 +401,7 @@ class SocketTrioClient:
 
     def _fail(self, error: BaseException) -> None:
         self.closed = True
+        self._closed_event.set()
         waiters = list(self._waiters.values())
         self._waiters.clear()
         for waiter in waiters:

@@ -18,10 +18,12 @@ import pyfuse3
 from pyfuse3 import FUSEError
 
 from channel.errors import ChannelClosed
-from channel.limits import XATTR_SIZE_MAX
+from channel.limits import MAX_RESTORE_BATCH, XATTR_SIZE_MAX
 from channel.opcodes import Op
 from channel.protocol import unpack_body
 from fusefront.cache import CacheMode
+from fusefront.link import OperationLost
+from fusefront.nodes import NodeTable
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 INFO_XATTR = b"user.ringfs.info"
 #: The xattr the kernel reads before every buffered write.
 CAPABILITY_XATTR = b"security.capability"
+#: renameat2's flag: the two names swap their objects.
+RENAME_EXCHANGE = 2
+#: Bytes of RESTORE_INODES bodies: they must fit the driver channel's 8 KiB slots.
+RESTORE_BODY_BYTES = 7 * 1024
 #: Bytes of directory entries asked for per READDIR command.
 READDIR_PAGE = 64 * 1024
 
@@ -79,15 +85,39 @@ class RingOperations(pyfuse3.Operations):
         #: as long as the cache mode trusts attributes halves the round trips of small
         #: writes. Never used with cache=none; setxattr/removexattr/forget drop the entry.
         self._no_capability: dict[int, float] = {}
+        #: What the kernel holds, to be restored on a new server (see fusefront.nodes).
+        self.nodes = NodeTable()
 
     async def _call(self, opcode: int, body: Any = None, **kwargs: Any) -> Reply:
         try:
             reply = await self.client.call(opcode, body, **kwargs)
+        except OperationLost:
+            raise FUSEError(errno.EIO) from None
         except ChannelClosed:
             raise FUSEError(errno.ENOTCONN) from None
         if reply.status < 0:
             raise FUSEError(-reply.status)
         return reply
+
+    async def restore(self, client: Client) -> None:
+        """Hand a new server what the kernel holds: inode numbers, then open handles."""
+        restored = lost = 0
+        for batch in self.nodes.restore_batches(MAX_RESTORE_BATCH, RESTORE_BODY_BYTES):
+            reply = await client.call(Op.RESTORE_INODES, batch)
+            statuses = reply.body if reply.status >= 0 else [reply.status] * len(batch)
+            restored += sum(1 for status in statuses if status == 0)
+            lost += sum(1 for status in statuses if status != 0)
+        handles = lost_handles = 0
+        for fh, handle in list(self.nodes.handles.items()):
+            reply = await client.call(Op.RESTORE_HANDLE, [handle.flags], ino=handle.ino, fh=fh)
+            if reply.status < 0:
+                lost_handles += 1
+            else:
+                handles += 1
+        log.warning(
+            "restored %d inodes and %d open handles on the new server (%d and %d not found)",
+            restored, handles, lost, lost_handles,
+        )  # fmt: skip
 
     def _attr(self, fields: Sequence[int], generation: int = 0) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -99,9 +129,12 @@ class RingOperations(pyfuse3.Operations):
         a.entry_timeout = a.attr_timeout = self.cache.timeout
         return a
 
-    def _entry(self, body: Any) -> pyfuse3.EntryAttributes:
+    def _entry(self, body: Any, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+        """The entry of a reply that counted a lookup, which the kernel now holds."""
         attr, generation = body
-        return self._attr(attr, generation)
+        entry = self._attr(attr, generation)
+        self.nodes.learned(entry.st_ino, parent, name)
+        return entry
 
     def _file_info(self, fh: int) -> pyfuse3.FileInfo:
         return pyfuse3.FileInfo(
@@ -111,11 +144,15 @@ class RingOperations(pyfuse3.Operations):
     # -- names --------------------------------------------------------------------------
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> Any:
         reply = await self._call(Op.LOOKUP, [name], ino=parent_inode, **_ctx_fields(ctx))
-        return self._entry(reply.body)
+        return self._entry(reply.body, parent_inode, name)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        for inode, _ in inode_list:
+        for inode, count in inode_list:
             self._no_capability.pop(inode, None)
+            self.nodes.forgot(inode, count)
+        await self._give_back(inode_list)
+
+    async def _give_back(self, inode_list: Sequence[tuple[int, int]]) -> None:
         with contextlib.suppress(ChannelClosed):
             await self.client.call(Op.BATCH_FORGET, [list(pair) for pair in inode_list])
 
@@ -156,25 +193,27 @@ class RingOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> Any:
         reply = await self._call(Op.MKNOD, [name, mode, rdev], ino=parent_inode, **_ctx_fields(ctx))
-        return self._entry(reply.body)
+        return self._entry(reply.body, parent_inode, name)
 
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> Any:
         reply = await self._call(Op.MKDIR, [name, mode], ino=parent_inode, **_ctx_fields(ctx))
-        return self._entry(reply.body)
+        return self._entry(reply.body, parent_inode, name)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self._call(Op.UNLINK, [name], ino=parent_inode, **_ctx_fields(ctx))
+        self.nodes.removed(parent_inode, name)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self._call(Op.RMDIR, [name], ino=parent_inode, **_ctx_fields(ctx))
+        self.nodes.removed(parent_inode, name)
 
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> Any:
         reply = await self._call(Op.SYMLINK, [name, target], ino=parent_inode, **_ctx_fields(ctx))
-        return self._entry(reply.body)
+        return self._entry(reply.body, parent_inode, name)
 
     async def rename(
         self,
@@ -191,6 +230,10 @@ class RingOperations(pyfuse3.Operations):
             ino=parent_inode_old,
             **_ctx_fields(ctx),
         )
+        if flags & RENAME_EXCHANGE:
+            self.nodes.exchanged(parent_inode_old, name_old, parent_inode_new, name_new)
+        else:
+            self.nodes.renamed(parent_inode_old, name_old, parent_inode_new, name_new)
 
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
@@ -198,11 +241,12 @@ class RingOperations(pyfuse3.Operations):
         reply = await self._call(
             Op.LINK, [new_parent_inode, new_name], ino=inode, **_ctx_fields(ctx)
         )
-        return self._entry(reply.body)
+        return self._entry(reply.body, new_parent_inode, new_name)
 
     # -- files --------------------------------------------------------------------------
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> Any:
         reply = await self._call(Op.OPEN, [flags], ino=inode, **_ctx_fields(ctx))
+        self.nodes.opened(reply.value, inode, flags)
         return self._file_info(reply.value)
 
     async def create(
@@ -211,7 +255,9 @@ class RingOperations(pyfuse3.Operations):
         reply = await self._call(
             Op.CREATE, [name, mode, flags], ino=parent_inode, **_ctx_fields(ctx)
         )
-        return self._file_info(reply.value), self._entry(reply.body)
+        entry = self._entry(reply.body, parent_inode, name)
+        self.nodes.opened(reply.value, entry.st_ino, flags)
+        return self._file_info(reply.value), entry
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         reply = await self._call(Op.READ, fh=fh, offset=off, size=size, read_size=size)
@@ -225,6 +271,7 @@ class RingOperations(pyfuse3.Operations):
         await self._call(Op.FLUSH, fh=fh)
 
     async def release(self, fh: int) -> None:
+        self.nodes.closed(fh)
         await self._call(Op.RELEASE, fh=fh)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -233,11 +280,12 @@ class RingOperations(pyfuse3.Operations):
     # -- directories --------------------------------------------------------------------
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         reply = await self._call(Op.OPENDIR, ino=inode, **_ctx_fields(ctx))
+        self.nodes.opened(reply.value, inode, 0, is_dir=True)
         return reply.value
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-
         offset = start_id
+        directory = self.nodes.handle_inode(fh) or 0
         while True:
             reply = await self._call(
                 Op.READDIR, fh=fh, offset=offset, size=READDIR_PAGE, read_size=READDIR_PAGE
@@ -246,13 +294,17 @@ class RingOperations(pyfuse3.Operations):
             if not entries:
                 return
             for i, (name, attr, next_offset) in enumerate(entries):
-                if not pyfuse3.readdir_reply(token, name, self._attr(attr), next_offset):
-                    # The server counted a lookup for every entry it sent; give back the rest.
-                    await self.forget([(rest[1][0], 1) for rest in entries[i:]])
+                if pyfuse3.readdir_reply(token, name, self._attr(attr), next_offset):
+                    self.nodes.learned(attr[0], directory, name)
+                else:
+                    # The server counted a lookup for every entry it sent; give back the rest
+                    # (the kernel never held them, so the node table does not change).
+                    await self._give_back([(rest[1][0], 1) for rest in entries[i:]])
                     return
                 offset = next_offset
 
     async def releasedir(self, fh: int) -> None:
+        self.nodes.closed(fh)
         await self._call(Op.RELEASEDIR, fh=fh)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from channel.client import TrioClient
 from channel.layout import Geometry
 from channel.socket_transport import SocketTrioClient
 from fusefront.driver import INFO_XATTR, RingOperations
+from fusefront.link import ServerLink
 from fusefront.options import MountOptions
 
 log = logging.getLogger(__name__)
@@ -118,17 +120,55 @@ async def open_client(socket_path: str, opts: MountOptions) -> AsyncIterator[Any
             yield c
 
 
+class Supervisor:
+    """The server process `up` started: restarted when it dies, stopped at the end."""
+
+    def __init__(self, export: str, socket_path: str, debug: bool) -> None:
+        self.export = export
+        self.socket_path = socket_path
+        self.debug = debug
+        self.restarts = 0
+        self.proc = start_server(export, socket_path, debug)
+
+    def recover(self) -> None:
+        """Start a new server if ours has exited (blocking: run it in a thread)."""
+        if self.proc.poll() is None:
+            return
+        log.warning("the server (pid %d) exited with %s; restarting it",
+                    self.proc.pid, self.proc.returncode)  # fmt: skip
+        try:
+            self.proc = start_server(self.export, self.socket_path, self.debug)
+            self.restarts += 1
+        except MountError as exc:
+            log.error("could not restart the server: %s", exc)
+
+    def stop(self) -> None:
+        stop_server(self.proc)
+
+
 async def serve_mount(
     socket_path: str,
     mountpoint: str,
     opts: MountOptions,
     info: DriverInfo,
     ready: Callable[[], None],
+    supervisor: Supervisor | None = None,
 ) -> None:
-    """Connect, mount, and run FUSE until unmounted or SIGTERM/SIGINT; always unmount."""
-    async with open_client(socket_path, opts) as client:
+    """Connect, mount, and run FUSE until unmounted or SIGTERM/SIGINT; always unmount.
+    The link to the server survives its restarts (see fusefront.link)."""
+
+    def connected(client: Any) -> None:
         info.server_pid = client.server_pid
-        ops = RingOperations(client, opts.cache, writeback=opts.writeback, info=info.to_json)
+
+    link = ServerLink(
+        functools.partial(open_client, socket_path, opts),
+        recover=supervisor.recover if supervisor is not None else None,
+        on_connect=connected,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(link.run)
+        ops = RingOperations(link, opts.cache, writeback=opts.writeback, info=info.to_json)
+        link.restore = ops.restore
         fuse_options = opts.fuse_options()
         if opts.debug:
             fuse_options.add("debug")
@@ -136,12 +176,11 @@ async def serve_mount(
         unmounted = False
         try:
             ready()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_terminate_on_signal)
-                await pyfuse3.main()
-                nursery.cancel_scope.cancel()
+            nursery.start_soon(_terminate_on_signal)
+            await pyfuse3.main()
             unmounted = True
         finally:
+            nursery.cancel_scope.cancel()
             pyfuse3.close(unmount=not unmounted)
 
 
@@ -163,11 +202,13 @@ def run_driver(
     """The mount process's whole life. With `export`, start (and finally stop) a server."""
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
-    proc = start_server(export, socket_path, opts.debug) if export else None
+    supervisor = Supervisor(export, socket_path, opts.debug) if export else None
     try:
-        info = DriverInfo(os.getpid(), proc.pid if proc else 0, socket_path, proc is not None)
+        info = DriverInfo(
+            os.getpid(), supervisor.proc.pid if supervisor else 0, socket_path, bool(supervisor)
+        )
         try:
-            trio.run(serve_mount, socket_path, mountpoint, opts, info, ready)
+            trio.run(serve_mount, socket_path, mountpoint, opts, info, ready, supervisor)
         except FileNotFoundError as exc:
             raise MountError(f"no server socket at {socket_path}") from exc
         except ConnectionRefusedError as exc:
@@ -177,8 +218,8 @@ def run_driver(
                 raise MountError(f"cannot mount {mountpoint}: {exc}") from exc
             raise
     finally:
-        if proc is not None:
-            stop_server(proc)
+        if supervisor is not None:
+            supervisor.stop()
 
 
 def read_info(mountpoint: str) -> DriverInfo:
