@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from channel.stats import process_cpu_seconds
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 FIO_JOBS = REPO / "examples" / "fio"
@@ -69,12 +71,12 @@ class Target:
     pids: dict[str, int] = field(default_factory=dict)  # role -> pid whose CPU we charge
 
 
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu(target: Target, since: dict[str, float] | None = None) -> dict[str, float]:
+    """CPU seconds of the target's processes, or used since an earlier reading."""
+    now = {role: process_cpu_seconds(pid) for role, pid in target.pids.items()}
+    if since is None:
+        return now
+    return {role: round(now[role] - since[role], 2) for role in now}
 
 
 def wait_mounted(path: Path, proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
@@ -159,12 +161,12 @@ def run_fio(target: Target, job: str, numjobs: int, size: str, runtime: int) -> 
             with open(data_file, "rb") as warm:
                 while warm.read(1 << 20):
                     pass
-    before = {role: cpu_seconds(pid) for role, pid in target.pids.items()}
+    before = _cpu(target)
     done = subprocess.run(
         ["fio", "--output-format=json", job_file],
         env=env, capture_output=True, text=True,
     )  # fmt: skip
-    cpu = {role: round(cpu_seconds(pid) - before[role], 2) for role, pid in target.pids.items()}
+    cpu = _cpu(target, before)
     if done.returncode != 0:
         return {"error": (done.stderr or done.stdout).strip()[-300:], "cpu_s": cpu}
     result = json.loads(done.stdout[done.stdout.index("{") :])["jobs"][0]
@@ -182,7 +184,7 @@ def run_fio(target: Target, job: str, numjobs: int, size: str, runtime: int) -> 
 def run_python(target: Target, job: str, count: int, tarball: Path) -> dict[str, Any]:
     """Metadata and small-file workloads, timed in this process."""
     work = target.path / f"meta-{job}"
-    before = {role: cpu_seconds(pid) for role, pid in target.pids.items()}
+    before = _cpu(target)
     names = [work / f"f{i:06d}" for i in range(count)]
     ops = count
     if job != "untar":
@@ -218,7 +220,7 @@ def run_python(target: Target, job: str, count: int, tarball: Path) -> dict[str,
             tar.extractall(work, filter="fully_trusted")
         ops = len(members)
     elapsed = time.perf_counter() - start
-    cpu = {role: round(cpu_seconds(pid) - before[role], 2) for role, pid in target.pids.items()}
+    cpu = _cpu(target, before)
     shutil.rmtree(work, ignore_errors=True)
     return {"ops_s": round(ops / elapsed), "ops": ops, "seconds": round(elapsed, 3), "cpu_s": cpu}
 

@@ -101,3 +101,13 @@ def open_region_readonly(path: str) -> Region:
     except BaseException:
         os.close(fd)
         raise
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) `pid` has used so far; 0.0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

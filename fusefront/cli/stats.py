@@ -14,7 +14,12 @@ import time
 from typing import Any
 
 from channel.errors import ProtocolError
-from channel.stats import find_region_fds, open_region_readonly, read_stats
+from channel.stats import (
+    find_region_fds,
+    open_region_readonly,
+    process_cpu_seconds,
+    read_stats,
+)
 from fusefront.mount import MountError, read_info
 
 
@@ -65,11 +70,24 @@ def collect(target: str) -> dict[str, Any]:
             channels.append(read_stats(region))
         finally:
             region.close()
-    return {"server_pid": server_pid, "driver_pid": driver_pid, "channels": channels}
+    cpu = {"server": process_cpu_seconds(server_pid)}
+    if driver_pid:
+        cpu["driver"] = process_cpu_seconds(driver_pid)
+    return {
+        "server_pid": server_pid,
+        "driver_pid": driver_pid,
+        "cpu_seconds": cpu,
+        "channels": channels,
+    }
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"server pid {report['server_pid']}   driver pid {report['driver_pid'] or '-'}"]
+    cpu = report["cpu_seconds"]
+    lines = [
+        f"server pid {report['server_pid']} (cpu {cpu['server']:.2f} s)   "
+        + (f"driver pid {report['driver_pid']} (cpu {cpu['driver']:.2f} s)"
+           if report["driver_pid"] else "driver -")
+    ]  # fmt: skip
     for n, ch in enumerate(report["channels"]):
         lat = ch["latency_us"]
         lines += [
