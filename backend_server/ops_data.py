@@ -29,6 +29,7 @@ from backend_server.handles import Handle
 from backend_server.names import Use, check_name, fail
 from backend_server.ops_meta import is_special
 from backend_server.wire import U32_MAX, entry_body
+from channel.protocol import pack_body
 
 #: open(2) flags a client may ask for; everything else (O_CREAT and O_EXCL outside CREATE,
 #: O_PATH, O_TMPFILE, O_NOCTTY, O_ASYNC, O_CLOEXEC) is dropped, and O_CLOEXEC is added.
@@ -62,7 +63,13 @@ def open_(req: Request) -> Reply:
     if is_special(inode.kind):
         raise fail(errno.ENXIO)
     fd = os.open(inode.proc_path, flags)
-    return Reply(value=req.session.add_handle(Handle(fd, inode.number, is_dir=inode.is_dir)))
+    try:
+        state = wire.attr(inode.number, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    fh = req.session.add_handle(Handle(fd, inode.number, is_dir=inode.is_dir))
+    return Reply(pack_body(state), value=fh)
 
 
 def create(req: Request) -> Reply:
@@ -127,8 +134,11 @@ def flush(req: Request) -> Reply:
 
 
 def release(req: Request) -> Reply:
-    req.session.pop_handle(req.cmd.fh).close()
-    return EMPTY
+    handle = req.session.pop_handle(req.cmd.fh)
+    try:
+        return Reply(pack_body(wire.attr(handle.ino, os.fstat(handle.fd))))
+    finally:
+        handle.close()
 
 
 def fsync(req: Request) -> Reply:

@@ -21,12 +21,12 @@ Bulk data (write payloads, read results, directory pages, xattr values) travels 
 | SYMLINK     | ino=parent                    | [name, target]                        | entry                   |
 | RENAME      | ino=old parent                | [name, new_parent, new_name, flags]   | -                       |
 | LINK        | ino                           | [new_parent, new_name]                | entry                   |
-| OPEN        | ino                           | [flags]                               | value=fh                |
+| OPEN        | ino                           | [flags]                               | attr (opened), value=fh |
 | CREATE      | ino=parent, umask             | [name, mode, flags]                   | entry, value=fh         |
 | READ        | fh, offset, size; buffer out  | -                                     | data in buffer          |
 | WRITE       | fh, offset; buffer in         | -                                     | value=bytes written     |
 | FLUSH       | fh                            | -                                     | -                       |
-| RELEASE     | fh                            | -                                     | -                       |
+| RELEASE     | fh                            | -                                     | attr (at close)         |
 | FSYNC       | fh, flags=datasync            | -                                     | -                       |
 | OPENDIR     | ino                           | -                                     | value=fh                |
 | READDIR     | fh, offset; buffer out        | -                                     | [count], entries in buf |

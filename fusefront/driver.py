@@ -58,6 +58,11 @@ class Client(Protocol):
     ) -> Reply: ...
 
 
+def _data_state(attr: Sequence[int]) -> tuple[int, int, int]:
+    """What tells whether a file's data changed: size, mtime and ctime (ATTR_FIELDS order)."""
+    return attr[6], attr[10], attr[11]
+
+
 def _ctx_fields(ctx: pyfuse3.RequestContext) -> dict[str, int]:
     return {"uid": ctx.uid, "gid": ctx.gid, "pid": ctx.pid, "umask": ctx.umask}
 
@@ -87,6 +92,8 @@ class RingOperations(pyfuse3.Operations):
         self._no_capability: dict[int, float] = {}
         #: What the kernel holds, to be restored on a new server (see fusefront.nodes).
         self.nodes = NodeTable()
+        #: inode -> (size, mtime, ctime) when last closed here; see fusefront.cache, `auto`.
+        self._closed_state: dict[int, tuple[int, int, int]] = {}
 
     async def _call(self, opcode: int, body: Any = None, **kwargs: Any) -> Reply:
         try:
@@ -136,9 +143,17 @@ class RingOperations(pyfuse3.Operations):
         self.nodes.learned(entry.st_ino, parent, name)
         return entry
 
-    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
+    def _file_info(self, fh: int, keep_cache: bool = False) -> pyfuse3.FileInfo:
         return pyfuse3.FileInfo(
-            fh=fh, direct_io=self.cache.direct_io, keep_cache=self.cache.keep_cache
+            fh=fh, direct_io=self.cache.direct_io, keep_cache=self.cache.keep_cache or keep_cache
+        )
+
+    def _unchanged(self, inode: int, attr: Sequence[int] | None) -> bool:
+        """Is the file as it was when last closed here (see fusefront.cache, `auto`)?"""
+        return (
+            self.cache.keep_unchanged
+            and attr is not None
+            and self._closed_state.get(inode) == _data_state(attr)
         )
 
     # -- names --------------------------------------------------------------------------
@@ -150,6 +165,7 @@ class RingOperations(pyfuse3.Operations):
         for inode, count in inode_list:
             self._no_capability.pop(inode, None)
             self.nodes.forgot(inode, count)
+            self._closed_state.pop(inode, None)
         await self._give_back(inode_list)
 
     async def _give_back(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -247,7 +263,7 @@ class RingOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> Any:
         reply = await self._call(Op.OPEN, [flags], ino=inode, **_ctx_fields(ctx))
         self.nodes.opened(reply.value, inode, flags)
-        return self._file_info(reply.value)
+        return self._file_info(reply.value, self._unchanged(inode, reply.body))
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
@@ -268,11 +284,17 @@ class RingOperations(pyfuse3.Operations):
         return reply.value
 
     async def flush(self, fh: int) -> None:
-        await self._call(Op.FLUSH, fh=fh)
+        # Every close(2) would cost a round trip for nothing: the export is a local file
+        # system, whose close reports no errors that write and fsync did not. ENOSYS tells the
+        # kernel to stop sending FLUSH for this mount (it still writes back dirty pages).
+        raise FUSEError(errno.ENOSYS)
 
     async def release(self, fh: int) -> None:
+        inode = self.nodes.handle_inode(fh)
         self.nodes.closed(fh)
-        await self._call(Op.RELEASE, fh=fh)
+        reply = await self._call(Op.RELEASE, fh=fh)
+        if inode is not None and reply.body:
+            self._closed_state[inode] = _data_state(reply.body)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self._call(Op.FSYNC, fh=fh, flags=int(datasync))

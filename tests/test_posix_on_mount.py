@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import mmap
 import multiprocessing
 import os
@@ -288,6 +289,32 @@ def test_files_created_by_a_non_root_user_are_owned_by_that_user(d: Path, mount:
     (d / "roots").chmod(0o600)
     denied = _as_nobody("cat", str(d / "roots"))
     assert denied.returncode != 0 and "Permission denied" in denied.stderr
+
+
+def _reads_sent(mnt: Path) -> int:
+    from tests.mounting import ringfs
+
+    (channel,) = json.loads(ringfs("stats", str(mnt), "--json").stdout)["channels"]
+    return int(channel["commands_by_opcode"].get("READ", 0))
+
+
+def test_auto_keeps_the_page_cache_of_unchanged_files_only(tmp_path: Path) -> None:
+    """cache=auto: close-to-open consistency, without rereading a file nobody changed."""
+    content = os.urandom(1 << 20)
+    with ringfs_mount(tmp_path, "cache=auto") as m:
+        f = m.path / "f"
+        f.write_bytes(content)
+        assert f.read_bytes() == content
+        sent = _reads_sent(m.path)
+        for _ in range(3):  # unchanged since it was closed here: served from the page cache
+            assert f.read_bytes() == content
+        assert _reads_sent(m.path) == sent
+        # changed behind the mount's back, same size: the next open must see it
+        changed = bytes(reversed(content))
+        with open(m.export / "f", "r+b") as behind:
+            behind.write(changed)
+        assert f.read_bytes() == changed
+        assert _reads_sent(m.path) > sent
 
 
 @pytest.mark.parametrize("cache", ["none", "auto", "always"])
