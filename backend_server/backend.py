@@ -66,6 +66,8 @@ class Backend:
         self.identity = Switcher()
         self._sessions: dict[int, Session] = {}
         self._limiter = trio.CapacityLimiter(threads)
+        #: commands handed to worker threads and not completed yet
+        self.threaded_in_flight = 0
         self._nursery: trio.Nursery | None = None
         self._stop: trio.CancelScope | None = None
         self.closed = False
@@ -175,6 +177,7 @@ class Backend:
         try:
             if self._nursery is not None and spec.threaded(req):
                 req.inline = False
+                self.threaded_in_flight += 1
                 self._nursery.start_soon(self._run_threaded, spec, req)
                 handle = None  # the task unpins it
                 return
@@ -201,6 +204,10 @@ class Backend:
         except Exception as exc:
             return status_of(exc), None
 
+    def threads_busy(self) -> bool:
+        """Are worker threads running commands (whose results trio must pick up soon)?"""
+        return self.threaded_in_flight > 0
+
     async def _run_threaded(self, spec: OpSpec, req: Request) -> None:
         try:
             # Not abandonable: once the thread runs, cancellation waits for its result. Only
@@ -214,6 +221,7 @@ class Backend:
                 self._complete(req.channel, req.cmd.tag, -errno.ESHUTDOWN, None)
             raise
         finally:
+            self.threaded_in_flight -= 1
             if req.handle is not None:
                 req.handle.unpin()
         if req.session.closed:

@@ -148,7 +148,7 @@ async def serve(
 
             async def poll() -> None:
                 with polling:
-                    await poller.run(backend.handler)
+                    await poller.run(backend.handler, others_busy=backend.threads_busy)
 
             nursery.start_soon(poll)
 

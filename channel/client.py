@@ -148,9 +148,11 @@ class _Endpoint:
         if wake:
             doorbell.ring(self._sq_efd)
             side.stats[ClientStat.WAKEUPS_SENT] += 1
-            # The server was asleep: its answer is a wake-up away (hundreds of µs), and the
-            # kernel tends to wake it on this very CPU, where a spinning client would keep
-            # it waiting for a time slice. So park at once instead of spinning.
+        if wake or data_len > limits.SPIN_WORTHY_BYTES or fields[4] > limits.SPIN_WORTHY_BYTES:
+            # The answer is far off: the server was asleep (a wake-up away, and the kernel
+            # tends to wake it on this very CPU), or the command moves so much data that the
+            # server hands it to a worker thread, which needs a CPU that a spinning client
+            # would hold until the next scheduler tick. So park at once instead of spinning.
             self.clock.last_work = 0.0
         else:
             self.clock.worked()  # the server is awake: the answer is worth spinning for

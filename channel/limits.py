@@ -42,6 +42,9 @@ HANDSHAKE_TIMEOUT = 5.0
 #: Default spin before a consumer parks (seconds). Spinning costs a core on a two-core machine,
 #: so the interval is short: long enough to catch the next command of a busy stream.
 DEFAULT_IDLE_SPIN = 0.001
+#: A client waiting for a command that moves more data than this parks at once instead of
+#: spinning: the server runs such commands in worker threads, which need the CPU.
+SPIN_WORTHY_BYTES = 256 * 1024
 #: Upper bound on one sleep of a parked consumer (seconds). The wake-up protocol is fenced,
 #: but should a wake-up ever be lost, no command waits longer than this.
 SLEEP_BOUND = 0.010
