@@ -101,58 +101,47 @@ class InodeTable:
     def register(self, session: Session, fd: int, st: os.stat_result) -> Inode:
         """Count one lookup of the object behind `fd` (an O_PATH descriptor this call takes
         over: it is kept, or closed when the object is already held)."""
-        key = (st.st_dev, st.st_ino)
-        with self._lock:
-            if session.closed or self.closed:
-                os.close(fd)
-                raise fail(errno.ESHUTDOWN, "channel closed")
-            inode = self._by_key.get(key)
-            if inode is None:
-                number = self._numbers.get(key)
-                if number is None:
-                    number = self._next_number
-                    self._next_number += 1
-                    self._numbers[key] = number
-                inode = Inode(number, fd, key, stat.S_IFMT(st.st_mode))
-                self._by_key[key] = inode
-                self._by_number[number] = inode
-            else:
-                os.close(fd)
-            inode.lookups += 1
-            lookups = session.lookups
-            lookups[inode.number] = lookups.get(inode.number, 0) + 1
-            return inode
+        return self._count(session, fd, st, None, 1)
 
     def restore(
         self, session: Session, fd: int, st: os.stat_result, number: int, count: int
     ) -> Inode:
-        """Register the object behind O_PATH `fd` (taken over) under the given `number` with
-        `count` lookups: a restarted server takes back what the kernel still holds. EEXIST
-        when the number or the object is already known otherwise."""
+        """Like `register`, with `count` lookups and under the given `number`: a restarted
+        server takes back what the kernel still holds. EEXIST when the number or the object
+        is already known otherwise."""
+        return self._count(session, fd, st, number, count)
+
+    def _count(
+        self, session: Session, fd: int, st: os.stat_result, wanted: int | None, count: int
+    ) -> Inode:
         key = (st.st_dev, st.st_ino)
         with self._lock:
-            if session.closed or self.closed:
-                os.close(fd)
-                raise fail(errno.ESHUTDOWN, "channel closed")
-            inode = self._by_key.get(key)
-            known = self._numbers.get(key, number)
-            if (
-                (inode is not None and inode.number != number)
-                or known != number
-                or (inode is None and number in self._by_number)
-            ):
-                os.close(fd)
-                raise fail(errno.EEXIST, "inode number already in use")
-            if inode is None:
-                inode = Inode(number, fd, key, stat.S_IFMT(st.st_mode))
-                self._by_key[key] = inode
-                self._by_number[number] = inode
-                self._numbers[key] = number
-                self._next_number = max(self._next_number, number + 1)
-            else:
-                os.close(fd)
+            try:
+                if session.closed or self.closed:
+                    raise fail(errno.ESHUTDOWN, "channel closed")
+                inode = self._by_key.get(key)
+                number = self._numbers.get(key)
+                if wanted is not None:
+                    if number not in (None, wanted) or (
+                        inode is None and wanted in self._by_number
+                    ):
+                        raise fail(errno.EEXIST, "inode number already in use")
+                    number = wanted
+                if inode is None:
+                    if number is None:
+                        number = self._next_number
+                    self._next_number = max(self._next_number, number + 1)
+                    self._numbers[key] = number
+                    inode = Inode(number, fd, key, stat.S_IFMT(st.st_mode))
+                    self._by_key[key] = inode
+                    self._by_number[number] = inode
+                    fd = -1  # kept by the inode
+            finally:
+                if fd >= 0:
+                    os.close(fd)
             inode.lookups += count
-            session.lookups[number] = session.lookups.get(number, 0) + count
+            lookups = session.lookups
+            lookups[inode.number] = lookups.get(inode.number, 0) + count
             return inode
 
     def forget(self, session: Session, number: int, count: int) -> None:
