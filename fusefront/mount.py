@@ -165,23 +165,29 @@ async def serve_mount(
         recover=supervisor.recover if supervisor is not None else None,
         on_connect=connected,
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(link.run)
-        ops = RingOperations(link, opts.cache, writeback=opts.writeback, info=info.to_json)
-        link.restore = ops.restore
-        fuse_options = opts.fuse_options()
-        if opts.debug:
-            fuse_options.add("debug")
-        pyfuse3.init(ops, mountpoint, fuse_options)
-        unmounted = False
-        try:
-            ready()
-            nursery.start_soon(_terminate_on_signal)
-            await pyfuse3.main()
-            unmounted = True
-        finally:
-            nursery.cancel_scope.cancel()
-            pyfuse3.close(unmount=not unmounted)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(link.run)
+            ops = RingOperations(link, opts.cache, writeback=opts.writeback, info=info.to_json)
+            link.restore = ops.restore
+            fuse_options = opts.fuse_options()
+            if opts.debug:
+                fuse_options.add("debug")
+            pyfuse3.init(ops, mountpoint, fuse_options)
+            unmounted = False
+            try:
+                ready()
+                nursery.start_soon(_terminate_on_signal)
+                await pyfuse3.main()
+                unmounted = True
+            finally:
+                nursery.cancel_scope.cancel()
+                pyfuse3.close(unmount=not unmounted)
+    except BaseExceptionGroup as group:
+        # One failure (say, no server to connect to) reaches the caller as itself.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 async def _terminate_on_signal() -> None:

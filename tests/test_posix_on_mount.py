@@ -358,6 +358,10 @@ def test_missing_and_busy_mount_points_get_clear_messages(tmp_path: Path) -> Non
     with ringfs_mount(tmp_path) as m:
         busy = ringfs("up", str(m.export), str(m.path), check=False)
         assert busy.returncode != 0 and "busy" in busy.stderr
+    (tmp_path / "mnt2").mkdir()
+    no_server = ringfs("mount", str(tmp_path / "none.sock"), str(tmp_path / "mnt2"), check=False)
+    assert no_server.returncode != 0 and "no server socket" in no_server.stderr
+    assert not os.path.ismount(tmp_path / "mnt2")
 
 
 def test_shell_tools_copy_tree(d: Path) -> None:
