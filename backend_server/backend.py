@@ -29,19 +29,22 @@ The server applies each caller's umask itself, so the process umask is set to 0 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 from typing import Any
 
 import trio
 
+from backend_server.coherence import Coherence, Notice
 from backend_server.context import Reply, Request
 from backend_server.dispatch import OPS, OpSpec
 from backend_server.identity import Identity, Switcher
-from backend_server.inodes import InodeTable
+from backend_server.inodes import ROOT_INO, InodeTable
 from backend_server.names import fail
 from backend_server.session import Session
-from channel.protocol import Command
+from channel.opcodes import Op
+from channel.protocol import Command, pack_body
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ class Backend:
         self.identity = Switcher()
         self._sessions: dict[int, Session] = {}
         self._limiter = trio.CapacityLimiter(threads)
+        self.coherence = Coherence()
         #: commands handed to worker threads and not completed yet
         self.threaded_in_flight = 0
         self._nursery: trio.Nursery | None = None
@@ -109,6 +113,7 @@ class Backend:
         self._forget_channel(id(channel))
 
     def _forget_channel(self, key: int) -> None:
+        self.coherence.gone(key)
         session = self._sessions.pop(key, None)
         if session is not None:
             self._release(session)
@@ -159,6 +164,9 @@ class Backend:
         try:
             spec = OPS.get(cmd.opcode)
             if spec is None:
+                if cmd.opcode == Op.WATCH and not self.closed:
+                    self._watch(channel, cmd)
+                    return
                 raise fail(errno.ENOSYS)
             if self.closed:
                 raise fail(errno.ESHUTDOWN)
@@ -187,7 +195,32 @@ class Backend:
         finally:
             if handle is not None:
                 handle.unpin()
-        self._complete(channel, cmd.tag, status, reply)
+        self._finish(spec, req, status, reply)
+
+    def _finish(self, spec: OpSpec, req: Request, status: int, reply: Reply | None) -> None:
+        """Complete `req`; an application's change waits until the mounts that cache what
+        it changed have forgotten it (see coherence)."""
+        publish = functools.partial(self._complete, req.channel, req.cmd.tag, status, reply)
+        if status >= 0 and spec.changes is not None and req.session.app_identity is not None:
+            self.coherence.changed(spec.changes(req), publish)
+        else:
+            publish()
+
+    def _watch(self, channel: Any, cmd: Command) -> None:
+        """WATCH: the driver asks to hear of application changes to what it holds."""
+        session = self._session(channel)
+        if session.app_identity is not None:
+            self._complete(channel, cmd.tag, -errno.EPERM, None)
+            return
+        lookups = session.lookups
+
+        def holds(ino: int) -> bool:
+            return ino == ROOT_INO or ino in lookups
+
+        def answer(notices: list[Notice]) -> None:
+            self._complete(channel, cmd.tag, 0, Reply(pack_body(notices)))
+
+        self.coherence.watch(id(channel), holds, answer)
 
     def _execute(self, spec: OpSpec, req: Request) -> tuple[int, Reply | None]:
         """Run one operation in this thread, as its caller when it needs one."""
@@ -226,7 +259,7 @@ class Backend:
                 req.handle.unpin()
         if req.session.closed:
             return  # the channel is gone; nobody is waiting for this completion
-        self._complete(req.channel, req.cmd.tag, status, reply)
+        self._finish(spec, req, status, reply)
 
     @staticmethod
     def _complete(channel: Any, tag: int, status: int, reply: Reply | None) -> None:

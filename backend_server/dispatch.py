@@ -34,7 +34,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backend_server import ops_data, ops_dir, ops_meta, ops_restore, ops_xattr
+from backend_server import ops_data, ops_dir, ops_meta, ops_path, ops_restore, ops_xattr
+from backend_server.coherence import ENTRY, INODE, Notice
 from backend_server.context import Reply, Request
 from backend_server.ops_dir import INLINE_READDIR_ENTRIES
 from channel.opcodes import Op
@@ -80,6 +81,8 @@ class OpSpec:
     handle: bool
     #: True when this command should run in a worker thread
     threaded: Callable[[Request], bool] = _never
+    #: what a successful command changed, for the mount's caches (see coherence)
+    changes: Callable[[Request], list[Notice]] | None = None
 
 
 def _spec(
@@ -88,8 +91,34 @@ def _spec(
     identity: bool = True,
     handle: bool = False,
     threaded: Callable[[Request], bool] = _never,
+    changes: Callable[[Request], list[Notice]] | None = None,
 ) -> OpSpec:
-    return OpSpec(run, identity, handle, threaded)
+    return OpSpec(run, identity, handle, threaded, changes)
+
+
+# -- what a successful command changed (see coherence) ---------------------------------------
+def _inode_changed(req: Request) -> list[Notice]:
+    return [[INODE, req.handle.ino if req.handle is not None else req.cmd.ino]]
+
+
+def _entry_changed(req: Request) -> list[Notice]:
+    """CREATE, MKNOD, MKDIR, SYMLINK, UNLINK, RMDIR: body[0] named in directory cmd.ino."""
+    parent = req.cmd.ino
+    return [[ENTRY, parent, req.cmd.body[0]], [INODE, parent]]
+
+
+def _linked(req: Request) -> list[Notice]:
+    new_parent, new_name = req.cmd.body[:2]
+    return [[ENTRY, new_parent, new_name], [INODE, new_parent], [INODE, req.cmd.ino]]
+
+
+def _renamed(req: Request) -> list[Notice]:
+    name, new_parent, new_name = req.cmd.body[:3]
+    parent = req.cmd.ino
+    return [
+        [ENTRY, parent, name], [ENTRY, new_parent, new_name],
+        [INODE, parent], [INODE, new_parent],
+    ]  # fmt: skip
 
 
 OPS: dict[int, OpSpec] = {
@@ -98,21 +127,21 @@ OPS: dict[int, OpSpec] = {
     Op.FORGET: _spec(ops_meta.forget, identity=False),
     Op.BATCH_FORGET: _spec(ops_meta.batch_forget, identity=False),
     Op.GETATTR: _spec(ops_meta.getattr_, identity=False),
-    Op.SETATTR: _spec(ops_meta.setattr_),
+    Op.SETATTR: _spec(ops_meta.setattr_, changes=_inode_changed),
     Op.READLINK: _spec(ops_meta.readlink, identity=False),
-    Op.MKNOD: _spec(ops_dir.mknod),
-    Op.MKDIR: _spec(ops_dir.mkdir),
-    Op.UNLINK: _spec(ops_dir.unlink),
-    Op.RMDIR: _spec(ops_dir.rmdir),
-    Op.SYMLINK: _spec(ops_dir.symlink),
-    Op.RENAME: _spec(ops_dir.rename),
-    Op.LINK: _spec(ops_dir.link),
+    Op.MKNOD: _spec(ops_dir.mknod, changes=_entry_changed),
+    Op.MKDIR: _spec(ops_dir.mkdir, changes=_entry_changed),
+    Op.UNLINK: _spec(ops_dir.unlink, changes=_entry_changed),
+    Op.RMDIR: _spec(ops_dir.rmdir, changes=_entry_changed),
+    Op.SYMLINK: _spec(ops_dir.symlink, changes=_entry_changed),
+    Op.RENAME: _spec(ops_dir.rename, changes=_renamed),
+    Op.LINK: _spec(ops_dir.link, changes=_linked),
     Op.OPEN: _spec(ops_data.open_),
-    Op.CREATE: _spec(ops_data.create),
+    Op.CREATE: _spec(ops_data.create, changes=_entry_changed),
     Op.READ: _spec(ops_data.read, identity=False, handle=True, threaded=_large_read),
     # WRITE acts as the caller: the kernel clears setuid/setgid on write unless the writer
     # has CAP_FSETID, which the server itself has.
-    Op.WRITE: _spec(ops_data.write, handle=True, threaded=_large_write),
+    Op.WRITE: _spec(ops_data.write, handle=True, threaded=_large_write, changes=_inode_changed),
     Op.FLUSH: _spec(ops_data.flush, identity=False, handle=True),
     Op.RELEASE: _spec(ops_data.release, identity=False),
     Op.FSYNC: _spec(ops_data.fsync, identity=False, handle=True, threaded=_always),
@@ -121,15 +150,16 @@ OPS: dict[int, OpSpec] = {
     Op.RELEASEDIR: _spec(ops_dir.releasedir, identity=False),
     Op.FSYNCDIR: _spec(ops_dir.fsyncdir, identity=False, handle=True, threaded=_always),
     Op.STATFS: _spec(ops_meta.statfs, identity=False),
-    Op.SETXATTR: _spec(ops_xattr.setxattr),
+    Op.SETXATTR: _spec(ops_xattr.setxattr, changes=_inode_changed),
     Op.GETXATTR: _spec(ops_xattr.getxattr),
     Op.LISTXATTR: _spec(ops_xattr.listxattr),
-    Op.REMOVEXATTR: _spec(ops_xattr.removexattr),
+    Op.REMOVEXATTR: _spec(ops_xattr.removexattr, changes=_inode_changed),
     Op.ACCESS: _spec(ops_meta.access),
-    Op.FALLOCATE: _spec(ops_data.fallocate, handle=True, threaded=_always),
+    Op.FALLOCATE: _spec(ops_data.fallocate, handle=True, threaded=_always, changes=_inode_changed),
     Op.GETLK: _spec(ops_data.locks, identity=False),
     Op.SETLK: _spec(ops_data.locks, identity=False),
     Op.FLOCK: _spec(ops_data.locks, identity=False),
     Op.RESTORE_INODES: _spec(ops_restore.restore_inodes, identity=False),
     Op.RESTORE_HANDLE: _spec(ops_restore.restore_handle, identity=False),
+    Op.RESOLVE: _spec(ops_path.resolve),
 }

@@ -103,6 +103,16 @@ class InodeTable:
         over: it is kept, or closed when the object is already held)."""
         return self._count(session, fd, st, None, 1)
 
+    def number_of(self, st: os.stat_result) -> int:
+        """The number the object with these stats has, or will have once looked up."""
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            number = self._numbers.get(key)
+            if number is None:
+                number = self._numbers[key] = self._next_number
+                self._next_number += 1
+            return number
+
     def restore(
         self, session: Session, fd: int, st: os.stat_result, number: int, count: int
     ) -> Inode:

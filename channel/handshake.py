@@ -208,7 +208,7 @@ def _fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
-def _close_all(fds: Sequence[int]) -> None:
+def close_all(fds: Sequence[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -236,7 +236,7 @@ def supplementary_groups(pid: int) -> tuple[int, ...]:
     return ()
 
 
-async def _read_hello(sock: trio.socket.SocketType) -> tuple[bytes, list[int], str | None]:
+async def read_hello(sock: trio.socket.SocketType) -> tuple[bytes, list[int], str | None]:
     """Read one framed message and every descriptor that came with it. Returns the payload,
     the fds, and a refusal reason if the framing itself is bad (the fds are still returned
     so that the caller closes them)."""
@@ -260,14 +260,14 @@ async def _read_hello(sock: trio.socket.SocketType) -> tuple[bytes, list[int], s
     return bytes(data[LENGTH.size :]), fds, None
 
 
-async def _send(sock: trio.socket.SocketType, payload: bytes) -> None:
+async def send_frame(sock: trio.socket.SocketType, payload: bytes) -> None:
     message = memoryview(frame(payload))
     while message:
         sent = await sock.send(message)
         message = message[sent:]
 
 
-def _check_descriptors(hello: Hello, fds: list[int]) -> None:
+def check_descriptors(hello: Hello, fds: list[int]) -> None:
     if len(fds) != hello.fd_count:
         raise ProtocolError(
             f"wrong number of file descriptors: {len(fds)}, expected {hello.fd_count}"
@@ -307,7 +307,7 @@ async def accept_channel(
     reason: str | None = "handshake timed out"
     payload = b""
     with trio.move_on_after(limits.HANDSHAKE_TIMEOUT):
-        payload, fds, reason = await _read_hello(raw)
+        payload, fds, reason = await read_hello(raw)
     region: Region | None = None
     try:
         if reason is not None:
@@ -316,7 +316,7 @@ async def accept_channel(
         if refusal is not None:
             raise ProtocolError(refusal)
         hello = parse_hello(payload)
-        _check_descriptors(hello, fds)
+        check_descriptors(hello, fds)
         if secret is not None and not (
             hello.secret is not None and hmac.compare_digest(hello.secret, secret)
         ):
@@ -356,14 +356,14 @@ async def accept_channel(
     except ProtocolError as exc:
         if region is not None:  # pragma: no cover - nothing after attach raises ProtocolError
             region.close(close_fd=False)
-        _close_all(fds)
+        close_all(fds)
         with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             with trio.move_on_after(limits.HANDSHAKE_TIMEOUT):
-                await _send(raw, make_refusal(str(exc)))
+                await send_frame(raw, make_refusal(str(exc)))
         raise HandshakeRefused(str(exc)) from None
     channel.channel_id = next_channel_id()
     try:
-        await _send(raw, make_accept(channel.channel_id, token, os.getpid()))
+        await send_frame(raw, make_accept(channel.channel_id, token, os.getpid()))
     except BaseException:
         channel.close()
         raise
@@ -437,7 +437,7 @@ class ClientConnection:
     def close(self) -> None:
         self.sock.close()
         self.region.close()
-        _close_all((self.sq_efd, self.cq_efd))
+        close_all((self.sq_efd, self.cq_efd))
 
 
 def connect(
@@ -459,7 +459,7 @@ def connect(
         sock, accept = exchange(socket_path, hello, (region.fd, sq_efd, cq_efd), timeout)
     except BaseException:
         region.close()
-        _close_all((sq_efd, cq_efd))
+        close_all((sq_efd, cq_efd))
         raise
     return ClientConnection(sock, accept, region, sq_efd, cq_efd)
 

@@ -43,6 +43,8 @@ Bulk data (write payloads, read results, directory pages, xattr values) travels 
 | FLOCK       | fh                            | [operation]                           | -                       |
 | RESTORE_INODES | - (driver only)            | [[parent, name, number, nlookup], ...]| [status per entry]      |
 | RESTORE_HANDLE | ino, fh (driver only)      | [flags]                               | -                       |
+| RESOLVE     | ino=start directory           | [[name, ...], register]               | entry, or attr if not register |
+| WATCH       | - (driver only)               | -                                     | [notice, ...] (backend_server.coherence) |
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ class Op(IntEnum):
     # Recovery after a server restart: the trusted driver re-registers what the kernel holds.
     RESTORE_INODES = 64
     RESTORE_HANDLE = 65
+    # Application channels: a path in one command; the mount's caches kept true.
+    RESOLVE = 66
+    WATCH = 67
 
 
 #: Every opcode value, for O(1) validation of a header's opcode field.

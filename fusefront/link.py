@@ -92,6 +92,10 @@ class ServerLink:
                 if opcode in NOT_REPEATED:
                     raise OperationLost("the server was lost during the operation") from None
 
+    async def wait_up(self) -> None:
+        """Return once a channel is up (at once if it is)."""
+        await self._up.wait()
+
     # -- the connection's life ----------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect; then keep a channel up until cancelled. The first connection's failure

@@ -28,7 +28,9 @@ import trio
 from channel.client import TrioClient
 from channel.layout import Geometry
 from channel.socket_transport import SocketTrioClient
+from fusefront.control import ControlSocket
 from fusefront.driver import INFO_XATTR, RingOperations
+from fusefront.invalidation import keep_watching
 from fusefront.link import ServerLink
 from fusefront.options import MountOptions
 
@@ -53,9 +55,16 @@ class DriverInfo:
     server_pid: int
     server_socket: str
     owns_server: bool
+    #: where applications ask for a channel of their own (see fusefront.control)
+    control_socket: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__).encode()
+
+
+def control_socket_path(server_socket: str) -> str:
+    """The control socket of this driver: beside the server's, unique to this process."""
+    return os.path.join(os.path.dirname(server_socket), f"ringfs-control-{os.getpid()}.sock")
 
 
 def check_mountpoint(mountpoint: str) -> None:
@@ -170,10 +179,16 @@ async def serve_mount(
             await nursery.start(link.run)
             ops = RingOperations(link, opts.cache, writeback=opts.writeback, info=info.to_json)
             link.restore = ops.restore
+            if opts.transport == "shm":
+                control = ControlSocket(control_socket_path(socket_path), socket_path)
+                await nursery.start(control.serve)
+                info.control_socket = control.path
             fuse_options = opts.fuse_options()
             if opts.debug:
                 fuse_options.add("debug")
             pyfuse3.init(ops, mountpoint, fuse_options)
+            if opts.transport == "shm":  # invalidations need the FUSE session
+                nursery.start_soon(keep_watching, link)
             unmounted = False
             try:
                 ready()
