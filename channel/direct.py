@@ -17,8 +17,9 @@ Paths are relative to the mount (a leading `/` means the mount's root). They are
 lexically (`a/./b/../c` is `a/c`), may not climb above the mount (EXDEV), and are resolved by
 the server in one command beneath the export, never following a symbolic link: a symlink in
 the middle of a path is ELOOP (this API names files, it does not chase links). Errors are
-OSError with the errno the `os` module would raise. File descriptors returned by `open` are
-this channel's own numbers, valid only with this client.
+OSError with the errno the `os` module would raise; when the channel ends (the mount was
+unmounted, the server went away) every call raises OSError(ENOTCONN). File descriptors
+returned by `open` are this channel's own numbers, valid only with this client.
 
 The operations are written once, as plans (generators that yield the commands to send and
 receive their replies, with no I/O of their own); `DirectClient` runs them on a blocking
@@ -27,6 +28,7 @@ channel client and `AsyncDirectClient` on a trio one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from channel.client import BlockingClient, Reply, TrioClient
+from channel.errors import ChannelClosed
 from channel.layout import Geometry
 from channel.opcodes import Op
 from channel.protocol import unpack_body
@@ -279,12 +282,18 @@ def _root() -> Generator[Call, Reply, int]:
     return ROOT
 
 
+def _ended(exc: ChannelClosed) -> OSError:
+    """The channel is over (the mount went away, or the server): ENOTCONN, as on a mount."""
+    return OSError(errno.ENOTCONN, f"the ringfs channel ended: {exc}")
+
+
 def control_socket(mountpoint: str | os.PathLike[str]) -> str:
     """The driver's control socket, named by the mount's root."""
     try:
         info = json.loads(os.getxattr(mountpoint, INFO_XATTR))
     except OSError as exc:
-        raise OSError(exc.errno, f"{os.fspath(mountpoint)} is not a ringfs mount") from None
+        where = f"{os.fspath(mountpoint)} (is it a ringfs mount, and mounted allow_other for "
+        raise OSError(exc.errno, f"{exc.strerror}: reading {INFO_XATTR} of {where}others?)")
     path = info.get("control_socket") if isinstance(info, dict) else None
     if not path:
         raise OSError(errno.EOPNOTSUPP, "this mount offers no application channels")
@@ -317,6 +326,8 @@ class DirectClient:
                 call = plan.send(reply)
         except StopIteration as done:
             return done.value
+        except ChannelClosed as exc:
+            raise _ended(exc) from exc
 
     def stat(self, path: Any) -> os.stat_result:
         return self._run(self.plans.stat(path))  # type: ignore[no-any-return]
@@ -364,7 +375,8 @@ class DirectClient:
         """Close every file, give back every lookup, end the channel."""
         try:
             if not self.client.closed:
-                self._run(self.plans.release_all())
+                with contextlib.suppress(OSError):  # the channel ended meanwhile: all freed
+                    self._run(self.plans.release_all())
         finally:
             self.client.close()
 
@@ -408,6 +420,8 @@ class AsyncDirectClient:
                 call = plan.send(reply)
         except StopIteration as done:
             return done.value
+        except ChannelClosed as exc:
+            raise _ended(exc) from exc
 
     async def stat(self, path: Any) -> os.stat_result:
         return await self._run(self.plans.stat(path))  # type: ignore[no-any-return]

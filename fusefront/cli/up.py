@@ -18,7 +18,10 @@ from fusefront.cli.mount import add_mount_arguments, mount_main
 def runtime_dir() -> str:
     base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0 else "/tmp")
     path = os.path.join(base, "ringfs")
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.makedirs(path, exist_ok=True)
+    # Others may pass through (not list): server sockets are 0600 themselves, and the
+    # drivers' control sockets beside them are meant for every local user.
+    os.chmod(path, 0o711)
     return path
 
 
