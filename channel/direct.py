@@ -292,8 +292,8 @@ def control_socket(mountpoint: str | os.PathLike[str]) -> str:
     try:
         info = json.loads(os.getxattr(mountpoint, INFO_XATTR))
     except OSError as exc:
-        where = f"{os.fspath(mountpoint)} (is it a ringfs mount, and mounted allow_other for "
-        raise OSError(exc.errno, f"{exc.strerror}: reading {INFO_XATTR} of {where}others?)")
+        where = f"{os.fspath(mountpoint)} (a ringfs mount? mounted allow_other for others?)"
+        raise OSError(exc.errno, f"{exc.strerror}: reading {INFO_XATTR} of {where}") from None
     path = info.get("control_socket") if isinstance(info, dict) else None
     if not path:
         raise OSError(errno.EOPNOTSUPP, "this mount offers no application channels")
