@@ -200,11 +200,11 @@ class Backend:
     def _finish(self, spec: OpSpec, req: Request, status: int, reply: Reply | None) -> None:
         """Complete `req`; an application's change waits until the mounts that cache what
         it changed have forgotten it (see coherence)."""
-        publish = functools.partial(self._complete, req.channel, req.cmd.tag, status, reply)
         if status >= 0 and spec.changes is not None and req.session.app_identity is not None:
+            publish = functools.partial(self._complete, req.channel, req.cmd.tag, status, reply)
             self.coherence.changed(spec.changes(req), publish)
         else:
-            publish()
+            self._complete(req.channel, req.cmd.tag, status, reply)
 
     def _watch(self, channel: Any, cmd: Command) -> None:
         """WATCH: the driver asks to hear of application changes to what it holds."""

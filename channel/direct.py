@@ -360,13 +360,26 @@ class DirectClient:
         return self._run(self.plans.pread(fd, size, offset))  # type: ignore[no-any-return]
 
     def readinto(self, fd: int, buffer: Any, offset: int | None = None) -> int:
-        return self._run(self.plans.readinto(fd, buffer, offset))  # type: ignore[no-any-return]
+        if offset is None or fd not in self.plans.files:
+            return self._run(self.plans.readinto(fd, buffer, offset))  # type: ignore[no-any-return]
+        # The hot path, without a plan: one command, straight into the caller's buffer.
+        try:
+            reply = self.client.call_into(Op.READ, buffer, fh=fd, offset=offset)
+        except ChannelClosed as exc:
+            raise _ended(exc) from exc
+        return _check(reply).data_len
 
     def write(self, fd: int, data: Any) -> int:
         return self._run(self.plans.write(fd, data))  # type: ignore[no-any-return]
 
     def pwrite(self, fd: int, data: Any, offset: int) -> int:
-        return self._run(self.plans.pwrite(fd, data, offset))  # type: ignore[no-any-return]
+        if fd not in self.plans.files:
+            return self._run(self.plans.pwrite(fd, data, offset))  # type: ignore[no-any-return]
+        try:
+            reply = self.client.call(Op.WRITE, data=data, fh=fd, offset=offset)
+        except ChannelClosed as exc:
+            raise _ended(exc) from exc
+        return _check(reply).value
 
     def fsync(self, fd: int) -> None:
         self._run(self.plans.fsync(fd))
