@@ -233,3 +233,18 @@ def test_what_the_application_writes_the_mount_shows_at_once(world: Path, cache:
             fs.write(fd, b"made by the application")
             fs.close(fd)
             assert (m.path / "new").read_text() == "made by the application"
+
+
+def test_the_example_reads_a_file_through_its_own_channel(mount: Mount) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+    content = os.urandom(300_000)
+    (mount.export / "blob").write_bytes(content)
+    example = Path(__file__).resolve().parent.parent / "examples" / "direct_read.py"
+    out = subprocess.run(
+        [sys.executable, str(example), str(mount.path), "blob"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert f"300000 bytes, sha256 {hashlib.sha256(content).hexdigest()}" in out
