@@ -1,9 +1,10 @@
 """Soak: many concurrent clients doing mixed operations with content verification.
 
 Mounts a scratch export with `ringfs up`, then runs `--clients` processes for `--seconds`:
-half work on the mount with ordinary file APIs, half on channels of their own straight to
-the server (the blocking channel client). Each owns a directory and keeps a model of what it
-wrote; every read is checked against the model, every file is checked at the end. Server
+half work on the mount with ordinary file APIs, half through application channels of their
+own (`channel.direct.DirectClient`, which the mount's driver hands out). Each owns a
+directory and keeps a model of what it wrote; every read is checked against the model (and
+the application channels' files are also read through the mount, for coherence). Server
 and driver memory is sampled each second. Exit status 0 and a last line
 `soak: clients=N ops=M errors=0 ok` when nothing was lost, corrupted or unexpected.
 
@@ -27,9 +28,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from channel.client import BlockingClient  # noqa: E402
+from channel.direct import DirectClient  # noqa: E402
 from channel.layout import Geometry  # noqa: E402
-from channel.opcodes import Op  # noqa: E402
 
 GEOMETRY = Geometry(sq_entries=16, cq_entries=16, slot_size=8192, buf_count=4, buf_size=1 << 20)
 
@@ -92,48 +92,46 @@ def mount_worker(root: str, seconds: float, seed: int) -> dict[str, Any]:
     return {"ops": ops, "errors": errors}
 
 
-def channel_worker(socket_path: str, seconds: float, seed: int) -> dict[str, Any]:
-    """Mixed operations on a channel of its own, verified against a model."""
+def direct_worker(root: str, seconds: float, seed: int) -> dict[str, Any]:
+    """Mixed operations through an application channel (DirectClient) on the mount, each
+    read checked against a model; now and then the same file is read through the mount."""
     rng = random.Random(seed)
-    ops = errors = 0
-    with BlockingClient.connect(socket_path, geometry=GEOMETRY) as c:
-        home = c.call(Op.MKDIR, [f"c{seed}".encode(), 0o755], ino=1).check().body[0][0]
-        files: dict[bytes, tuple[int, bytes]] = {}  # name -> (fh, content)
+    ops = 0
+    with DirectClient.connect(root, geometry=GEOMETRY) as fs:
+        home = f"c{seed}"
+        fs.mkdir(home)
+        files: dict[str, bytes] = {}
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            name = f"f{rng.randrange(20)}".encode()
-            action = rng.choice(["write", "read", "read", "getattr", "unlink"])
+            name = f"{home}/f{rng.randrange(20)}"
+            action = rng.choice(["write", "read", "read", "stat", "unlink", "mount-read"])
+            data = files.get(name)
             if action == "write":
                 data = _payload(rng)[: GEOMETRY.buf_size]
-                if name not in files:
-                    reply = c.call(Op.CREATE, [name, 0o644, os.O_RDWR], ino=home).check()
-                    files[name] = (reply.value, b"")
-                fh, _ = files[name]
-                c.call(Op.SETATTR, {"size": 0}, ino=reply_ino(c, home, name), fh=fh).check()
+                fd = fs.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 if data:
-                    c.call(Op.WRITE, fh=fh, offset=0, data=data).check()
-                files[name] = (fh, data)
-            elif action == "read" and name in files:
-                fh, data = files[name]
-                got = c.call(Op.READ, fh=fh, offset=0, size=len(data) or 1,
-                             read_size=len(data) or 1).check()  # fmt: skip
-                if (got.data or b"") != data:
-                    raise AssertionError(f"channel {seed}: {name!r} content differs")
-            elif action == "getattr" and name in files:
-                c.call(Op.GETATTR, ino=reply_ino(c, home, name)).check()
-            elif action == "unlink" and name in files:
-                fh, _ = files.pop(name)
-                c.call(Op.RELEASE, fh=fh).check()
-                c.call(Op.UNLINK, [name], ino=home).check()
+                    fs.pwrite(fd, data, 0)
+                fs.close(fd)
+                files[name] = data
+            elif data is None:
+                continue
+            elif action == "read":
+                fd = fs.open(name)
+                got = fs.pread(fd, len(data) or 1, 0)
+                fs.close(fd)
+                if got != data:
+                    raise AssertionError(f"direct {seed}: {name} content differs")
+            elif action == "stat":
+                if fs.stat(name).st_size != len(data):
+                    raise AssertionError(f"direct {seed}: {name} size differs")
+            elif action == "mount-read":
+                if (Path(root) / name).read_bytes() != data:
+                    raise AssertionError(f"direct {seed}: the mount shows other content")
+            elif action == "unlink":
+                fs.unlink(name)
+                del files[name]
             ops += 1
-    return {"ops": ops, "errors": errors}
-
-
-def reply_ino(c: BlockingClient, parent: int, name: bytes) -> int:
-    entry = c.call(Op.LOOKUP, [name], ino=parent).check()
-    ino: int = entry.body[0][0]
-    c.call(Op.FORGET, [1], ino=ino)
-    return ino
+    return {"ops": ops, "errors": 0}
 
 
 def _rss_kib(pid: int) -> int:
@@ -147,7 +145,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def _run(kind: str, arg: str, seconds: float, seed: int) -> dict[str, Any]:
-    worker = mount_worker if kind == "mount" else channel_worker
+    worker = mount_worker if kind == "mount" else direct_worker
     return worker(arg, seconds, seed)
 
 
@@ -173,7 +171,7 @@ def main() -> int:
             jobs = [
                 pool.apply_async(_run, ("mount", str(mnt), args.seconds, i))
                 if i % 2 == 0
-                else pool.apply_async(_run, ("channel", str(sock), args.seconds, i))
+                else pool.apply_async(_run, ("direct", str(mnt), args.seconds, i))
                 for i in range(args.clients)
             ]
             while not all(j.ready() for j in jobs):

@@ -1,5 +1,6 @@
-"""The soak script's short run: 16 clients (mount and own channels) for 30 seconds, with
-every read checked against what was written; nothing lost, corrupted or unexpected."""
+"""The soak script's short run: 16 clients (8 on the mount, 8 on application channels) for
+30 seconds, every read checked against what was written; nothing lost, corrupted or
+unexpected."""
 
 from __future__ import annotations
 
