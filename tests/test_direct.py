@@ -248,3 +248,24 @@ def test_the_example_reads_a_file_through_its_own_channel(mount: Mount) -> None:
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout  # fmt: skip
     assert f"300000 bytes, sha256 {hashlib.sha256(content).hexdigest()}" in out
+
+
+def test_the_control_socket_refuses_what_it_should_not_forward(mount: Mount) -> None:
+    from channel.direct import control_socket
+    from channel.errors import ChannelError
+    from channel.handshake import PeerCredentials, exchange, make_hello
+
+    path = control_socket(mount.path)
+    forged = PeerCredentials(pid=1, uid=0, gid=0)
+    for hello, why in [
+        (make_hello("app", transport="socket"), "shared-memory"),  # no region to hand over
+        (make_hello("driver"), "shared-memory app"),  # only application channels
+        (make_hello("app", on_behalf_of=forged), "shared-memory app"),  # no forged identity
+        (make_hello("app"), "file descriptors"),  # the region's descriptors are missing
+        (b"\x92garbage", "hello"),
+    ]:
+        with pytest.raises(ChannelError) as refused:
+            exchange(path, hello, ())
+        assert why in str(refused.value), (why, refused.value)
+    with DirectClient.connect(mount.path) as fs:  # and it keeps serving
+        assert fs.listdir() == []
