@@ -11,9 +11,9 @@ Operations call `ServerLink.call`, which has the channel clients' interface:
     server was lost; then, and from then on until the server is back, operations fail at once
     with ChannelClosed (ENOTCONN at the caller). No operation waits longer than OUTAGE_WAIT,
     and a path walk of several requests does not wait OUTAGE_WAIT for each;
-  * an operation in flight when the channel ended is sent again after recovery when doing so
-    is harmless (reads, writes at an offset, attribute calls, lookups, ...); one whose repeat
-    could differ from its first effect (create, unlink, rename, ...) fails with
+  * an operation in flight when the channel ended is sent again (once) after recovery when
+    doing so is harmless (reads, writes at an offset, attribute calls, lookups, ...); one
+    whose repeat could differ from its first effect (create, unlink, rename, ...) fails with
     OperationLost (EIO at the caller): it may or may not have happened, and the caller is
     told so rather than misled;
   * FORGET is dropped while the link is down: the driver already applied it to what it will
@@ -75,6 +75,7 @@ class ServerLink:
 
     # -- operations ---------------------------------------------------------------------
     async def call(self, opcode: int, body: Any = None, **kwargs: Any) -> Any:
+        sent = False
         while True:
             client = self.client
             if client is None:
@@ -89,8 +90,11 @@ class ServerLink:
                 return await client.call(opcode, body, **kwargs)
             except ChannelClosed:
                 self._down(client)
-                if opcode in NOT_REPEATED:
+                # Sent once more at most: a command that takes its server down each time
+                # must not keep restarting servers.
+                if opcode in NOT_REPEATED or sent:
                     raise OperationLost("the server was lost during the operation") from None
+                sent = True
 
     async def wait_up(self) -> None:
         """Return once a channel is up (at once if it is)."""
