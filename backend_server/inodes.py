@@ -7,8 +7,10 @@ name of a hard-linked file resolves to the same inode number.
 
 Numbers are stable for the life of the server: the root is 1 (FUSE's ROOT_ID) and every other
 (st_dev, st_ino) gets the next number the first time it is seen and keeps it, even across
-forget and a later lookup. That map costs about 100 bytes per distinct file ever looked up,
-which is the price of `ls -i` never changing under a mounted tree. (While the server holds a
+forget and a later lookup. That map costs about 100 bytes per file looked up, which is the
+price of `ls -i` never changing under a mounted tree; a file's entry goes when its last
+lookup is forgotten after it was removed (link count 0: it can never be looked up again), so
+creating and removing files all day does not grow the server. (While the server holds a
 descriptor the kernel cannot reuse the st_ino; after the last forget it may, and the reused
 st_ino then gets the old number, exactly as on the underlying file system.)
 
@@ -183,6 +185,11 @@ class InodeTable:
         if inode.lookups <= 0:
             del self._by_number[number]
             del self._by_key[inode.key]
+            try:
+                if os.fstat(inode.fd).st_nlink == 0:
+                    del self._numbers[inode.key]  # removed: its number is never needed again
+            except OSError:
+                pass
             os.close(inode.fd)
             inode.fd = -1
 

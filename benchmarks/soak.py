@@ -182,7 +182,10 @@ def main() -> int:
         ops = sum(r["ops"] for r in results)
         errors = sum(r["errors"] for r in results)
         for k, samples in memory.items():
-            print(f"{k} RSS KiB: first {samples[0]}, max {max(samples)}, last {samples[-1]}")
+            # after a warm-up tenth of the run (worker threads, caches), RSS should stay flat
+            quarters = [samples[min(len(samples) - 1, len(samples) * q // 4)] for q in (1, 2, 3)]
+            print(f"{k} RSS KiB: first {samples[0]}, at 1/4, 1/2, 3/4 of the run {quarters}, "
+                  f"last {samples[-1]}, max {max(samples)}")  # fmt: skip
         print(f"{args.clients} clients, {args.seconds:.0f} s: {ops} operations "
               f"({ops / args.seconds:.0f}/s), {errors} unexpected errors")  # fmt: skip
         status = 0 if errors == 0 else 1
