@@ -171,18 +171,26 @@ async def wait_trio(
     on_sleep: Callable[[], None],
     nudge: Callable[[], None] | None = None,
 ) -> None:
-    """Trio's version of `wait_blocking`: checkpoints while spinning, so other tasks run."""
+    """Trio's version of `wait_blocking`: checkpoints while spinning, so other tasks run.
+
+    A trio client often waits on a command that takes long by design (the driver's WATCH
+    long poll, an fsync): each sleep that brings nothing doubles the next one, from
+    SLEEP_BOUND up to IDLE_POLLER_SLEEP, so an idle mount does not wake 100 times a second.
+    A completion's wake-up ends any sleep at once; only a lost one (which the fences rule
+    out) would wait out the longer bound."""
     available = consumer.available
+    timeout = limits.SLEEP_BOUND
     while not available():
         if not clock.should_park():
             await trio.lowlevel.checkpoint()
             continue
         if consumer.prepare_park():
             try:
-                await sleep_trio(eventfd)
+                await sleep_trio(eventfd, timeout)
             finally:
                 consumer.finish_park()
             on_sleep()
             if nudge is not None and not available():
                 nudge()
+                timeout = min(timeout * 2, limits.IDLE_POLLER_SLEEP)
     clock.worked()
