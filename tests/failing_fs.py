@@ -52,6 +52,7 @@ class FailingFS(pyfuse3.Operations):
 
 def main() -> None:
     pyfuse3.init(FailingFS(), sys.argv[1], {"fsname=failingfs", "allow_other"})
+    print("ready", flush=True)  # init returns with the file system mounted
     try:
         trio.run(pyfuse3.main)
     finally:
