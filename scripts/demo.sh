@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, start a server on an export inside the checkout, mount it, run
-# ordinary shell tools on the mount, print the channel statistics, unmount.
+# ordinary shell tools on the mount, read a file through an application channel, print the
+# channel statistics, unmount.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -29,8 +30,11 @@ tar -C "$mnt/demo" -cf /tmp/ringfs-demo.tar src && tar -tf /tmp/ringfs-demo.tar 
 du -sh "$mnt/demo"
 find "$mnt/demo" -type f | wc -l
 df -h "$mnt"
-rm -rf "$mnt/demo"
 set +x
+
+echo "== an application channel of its own (no system call per read)"
+python examples/direct_read.py "$mnt" demo/src/channel/ring.py
+rm -rf "$mnt/demo"
 
 echo "== ringfs stats $mnt"
 ringfs stats "$mnt"
