@@ -93,6 +93,123 @@ def call_fields(header_fields: dict[str, int], size: int) -> HeaderFields:
     return header_fields_of(header_fields)
 
 
+class Requests:
+    """What every endpoint, over either transport, does before sending a command: check the
+    payload sizes against its data buffers and build the header fields."""
+
+    buf_size: int
+    max_body: int
+
+    def _has_buffers(self) -> bool:
+        return True
+
+    def _request(
+        self, data: Buffer | None, read_size: int, into: bool, header_fields: dict[str, int]
+    ) -> tuple[bool, HeaderFields]:
+        """(whether the command needs a data buffer, its header fields)."""
+        if data is None and not read_size and not into:
+            return False, header_fields_of(header_fields)
+        if data is not None and len(data) > self.buf_size:
+            raise ValueError(f"{len(data)} bytes of data exceed the {self.buf_size}-byte buffer")
+        if read_size < 0 or read_size > self.buf_size:
+            raise ValueError(f"read_size {read_size} is outside 0..{self.buf_size}")
+        if not self._has_buffers():
+            raise ValueError("this channel has no data buffers")
+        return True, call_fields(header_fields, read_size)
+
+
+class BlockingCalls(Requests):
+    """`call` and `call_into` of the blocking endpoints; each transport provides `_call`."""
+
+    def call(
+        self,
+        opcode: int,
+        body: Any = None,
+        *,
+        data: Buffer | None = None,
+        read_size: int = 0,
+        **header_fields: Any,
+    ) -> Reply:
+        """Send one command and wait for its completion. `data` travels in a data buffer;
+        with `read_size` > 0 up to that many bytes of reply data come back in `Reply.data`."""
+        need_buf, fields = self._request(data, read_size, False, header_fields)
+        packed = _pack(body, self.max_body)
+        return self._call(opcode, packed, data, read_size, None, need_buf, fields)
+
+    def call_into(
+        self,
+        opcode: int,
+        dest: memoryview | bytearray,
+        body: Any = None,
+        *,
+        data: Buffer | None = None,
+        **header_fields: Any,
+    ) -> Reply:
+        """Like `call`, but reply data (up to len(dest)) is copied into `dest`."""
+        dest = memoryview(dest).cast("B")
+        size = min(len(dest), self.buf_size)
+        _, fields = self._request(data, size, True, header_fields)
+        return self._call(opcode, _pack(body, self.max_body), data, size, dest, True, fields)
+
+    def _call(
+        self,
+        opcode: int,
+        packed: bytes,
+        data: Buffer | None,
+        read_size: int,
+        dest: memoryview | None,
+        need_buf: bool,
+        fields: HeaderFields,
+    ) -> Reply:
+        raise NotImplementedError
+
+
+class AsyncCalls(Requests):
+    """`call` and `call_into` of the trio endpoints: many calls may be in flight at once."""
+
+    async def call(
+        self,
+        opcode: int,
+        body: Any = None,
+        *,
+        data: Buffer | None = None,
+        read_size: int = 0,
+        **header_fields: Any,
+    ) -> Reply:
+        """As `BlockingCalls.call`."""
+        need_buf, fields = self._request(data, read_size, False, header_fields)
+        packed = _pack(body, self.max_body)
+        return await self._call(opcode, packed, data, read_size, None, need_buf, fields)
+
+    async def call_into(
+        self,
+        opcode: int,
+        dest: memoryview | bytearray,
+        body: Any = None,
+        *,
+        data: Buffer | None = None,
+        **header_fields: Any,
+    ) -> Reply:
+        """As `BlockingCalls.call_into`."""
+        dest = memoryview(dest).cast("B")
+        size = min(len(dest), self.buf_size)
+        _, fields = self._request(data, size, True, header_fields)
+        packed = _pack(body, self.max_body)
+        return await self._call(opcode, packed, data, size, dest, True, fields)
+
+    async def _call(
+        self,
+        opcode: int,
+        packed: bytes,
+        data: Buffer | None,
+        read_size: int,
+        dest: memoryview | None,
+        need_buf: bool,
+        fields: HeaderFields,
+    ) -> Reply:
+        raise NotImplementedError
+
+
 class _Endpoint:
     """What both shared-memory clients hold: the connection and its ClientSide."""
 
@@ -108,7 +225,7 @@ class _Endpoint:
         self.closed = False
         g = conn.region.geometry
         self.buf_size = g.buf_size
-        self._max_body = max_command_body(g.slot_size)
+        self.max_body = max_command_body(g.slot_size)
         self._buffers = self.side.buffers
         self._sq_efd = conn.sq_efd
         self._cq_efd = conn.cq_efd
@@ -123,17 +240,8 @@ class _Endpoint:
     def _nudge(self) -> None:
         doorbell.nudge_if_unconsumed(self.side.sq, self._sq_efd)
 
-    def _needs_buffer(self, data: Buffer | None, read_size: int, into: bool) -> bool:
-        """Validate a call's payload sizes; True if it needs a data buffer."""
-        if data is None and not read_size and not into:
-            return False
-        if data is not None and len(data) > self.buf_size:
-            raise ValueError(f"{len(data)} bytes of data exceed the {self.buf_size}-byte buffer")
-        if read_size < 0 or read_size > self.buf_size:
-            raise ValueError(f"read_size {read_size} is outside 0..{self.buf_size}")
-        if not self._buffers:
-            raise ValueError("this channel has no data buffers")
-        return True
+    def _has_buffers(self) -> bool:
+        return bool(self._buffers)
 
     def _submit(
         self, opcode: int, packed: bytes, buf: int, data: Buffer | None, fields: HeaderFields
@@ -173,7 +281,7 @@ class _Endpoint:
         return bytes(self._buffers[buf][: min(n, read_size)])
 
 
-class BlockingClient(_Endpoint):
+class BlockingClient(_Endpoint, BlockingCalls):
     """A blocking shared-memory client; thread-safe (one call at a time, under a lock)."""
 
     def __init__(
@@ -207,38 +315,6 @@ class BlockingClient(_Endpoint):
             timeout=timeout,
         )
         return cls(conn, idle_spin=idle_spin)
-
-    def call(
-        self,
-        opcode: int,
-        body: Any = None,
-        *,
-        data: Buffer | None = None,
-        read_size: int = 0,
-        **header_fields: Any,
-    ) -> Reply:
-        """Send one command and wait for its completion. `data` travels in a data buffer;
-        with `read_size` > 0 up to that many bytes of reply data come back in `Reply.data`."""
-        need_buf = self._needs_buffer(data, read_size, False)
-        fields = call_fields(header_fields, read_size)
-        return self._call(opcode, _pack(body, self._max_body), data, read_size, None,
-                          need_buf, fields)  # fmt: skip
-
-    def call_into(
-        self,
-        opcode: int,
-        dest: memoryview | bytearray,
-        body: Any = None,
-        *,
-        data: Buffer | None = None,
-        **header_fields: Any,
-    ) -> Reply:
-        """Like `call`, but reply data (up to len(dest)) is copied into `dest`."""
-        dest = memoryview(dest).cast("B")
-        size = min(len(dest), self.buf_size)
-        self._needs_buffer(data, size, True)
-        fields = call_fields(header_fields, size)
-        return self._call(opcode, _pack(body, self._max_body), data, size, dest, True, fields)
 
     def _call(
         self,
@@ -337,7 +413,7 @@ async def _acquire(semaphore: trio.Semaphore) -> None:
         await semaphore.acquire()
 
 
-class TrioClient(_Endpoint):
+class TrioClient(_Endpoint, AsyncCalls):
     """A trio shared-memory client: many tasks may `await call(...)` at once; completions
     are matched by tag by a reaper task in the client's own nursery. Use it only as
     `async with TrioClient.open(path) as client:`. Back-pressure: a call waits (never
@@ -393,37 +469,6 @@ class TrioClient(_Endpoint):
             client._fail(ChannelClosed("the client was closed"))
             release_views(client.side)
             conn.close()
-
-    async def call(
-        self,
-        opcode: int,
-        body: Any = None,
-        *,
-        data: Buffer | None = None,
-        read_size: int = 0,
-        **header_fields: Any,
-    ) -> Reply:
-        """As `BlockingClient.call`; many calls may be in flight at once."""
-        need_buf = self._needs_buffer(data, read_size, False)
-        fields = call_fields(header_fields, read_size)
-        packed = _pack(body, self._max_body)
-        return await self._call(opcode, packed, data, read_size, None, need_buf, fields)
-
-    async def call_into(
-        self,
-        opcode: int,
-        dest: memoryview | bytearray,
-        body: Any = None,
-        *,
-        data: Buffer | None = None,
-        **header_fields: Any,
-    ) -> Reply:
-        dest = memoryview(dest).cast("B")
-        size = min(len(dest), self.buf_size)
-        self._needs_buffer(data, size, True)
-        fields = call_fields(header_fields, size)
-        packed = _pack(body, self._max_body)
-        return await self._call(opcode, packed, data, size, dest, True, fields)
 
     async def _call(
         self,

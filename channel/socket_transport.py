@@ -23,12 +23,12 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Self
+from typing import Self
 
 import trio
 
 from channel import handshake, limits
-from channel.client import Buffer, Reply, _background, _pack, _reply, call_fields
+from channel.client import AsyncCalls, BlockingCalls, Buffer, Reply, _background, _reply
 from channel.errors import ChannelClosed, ProtocolError
 from channel.handshake import LENGTH, PeerCredentials
 from channel.protocol import (
@@ -112,12 +112,13 @@ def encode_command_frame(
     token: bytes,
     body: bytes,
     data: Buffer | None,
-    request: tuple[int, HeaderFields],
+    need_buf: bool,
+    fields: HeaderFields,
 ) -> list[Buffer]:
     """A command frame as a list of pieces for sendmsg (the data is not copied)."""
     head = bytearray(LENGTH.size + COMMAND_HEADER.size + len(body))
     data_len = len(data) if data is not None else 0
-    buf, fields = request
+    buf = FRAME_BUFFER if need_buf else NO_BUFFER
     write_command(memoryview(head)[LENGTH.size :], tag, opcode, token, body, buf, data_len, fields)
     LENGTH.pack_into(head, 0, len(head) - LENGTH.size + data_len)
     return [head, data] if data_len and data is not None else [head]
@@ -143,18 +144,6 @@ def _reply_data(
     return bytes(data[:read_size])
 
 
-def _frame_request(
-    data: Buffer | None, read_size: int, into: bool, header_fields: dict[str, int]
-) -> tuple[int, HeaderFields]:
-    """A call's data-buffer index (the frame's one, or none) and header fields."""
-    if data is not None and len(data) > BUF_SIZE:
-        raise ValueError(f"{len(data)} bytes of data exceed the {BUF_SIZE}-byte limit")
-    if read_size < 0 or read_size > BUF_SIZE:
-        raise ValueError(f"read_size {read_size} is outside 0..{BUF_SIZE}")
-    buf = FRAME_BUFFER if data is not None or read_size > 0 or into else NO_BUFFER
-    return buf, call_fields(header_fields, read_size)
-
-
 def _connect(
     socket_path: str | os.PathLike[str],
     role: str,
@@ -166,8 +155,11 @@ def _connect(
     return handshake.exchange(socket_path, hello, (), timeout)
 
 
-class SocketBlockingClient:
+class SocketBlockingClient(BlockingCalls):
     """`BlockingClient`'s API over the socket alone; thread-safe (one call at a time)."""
+
+    buf_size = BUF_SIZE
+    max_body = MAX_BODY
 
     def __init__(self, sock: socket.socket, accept: handshake.Accept) -> None:
         self.sock = sock
@@ -191,31 +183,6 @@ class SocketBlockingClient:
     ) -> SocketBlockingClient:
         return cls(*_connect(socket_path, role, secret, on_behalf_of, timeout))
 
-    def call(
-        self,
-        opcode: int,
-        body: Any = None,
-        *,
-        data: Buffer | None = None,
-        read_size: int = 0,
-        **header_fields: Any,
-    ) -> Reply:
-        request = _frame_request(data, read_size, False, header_fields)
-        return self._call(opcode, _pack(body, MAX_BODY), data, read_size, None, request)
-
-    def call_into(
-        self,
-        opcode: int,
-        dest: memoryview | bytearray,
-        body: Any = None,
-        *,
-        data: Buffer | None = None,
-        **header_fields: Any,
-    ) -> Reply:
-        dest = memoryview(dest).cast("B")
-        request = _frame_request(data, min(len(dest), BUF_SIZE), True, header_fields)
-        return self._call(opcode, _pack(body, MAX_BODY), data, 0, dest, request)
-
     def _call(
         self,
         opcode: int,
@@ -223,14 +190,15 @@ class SocketBlockingClient:
         data: Buffer | None,
         read_size: int,
         dest: memoryview | None,
-        request: tuple[int, HeaderFields],
+        need_buf: bool,
+        fields: HeaderFields,
     ) -> Reply:
         with self._lock:
             if self.closed:
                 raise ChannelClosed("the channel is closed")
             tag = self._next_tag
             self._next_tag += 1
-            pieces = encode_command_frame(tag, opcode, self.token, packed, data, request)
+            pieces = encode_command_frame(tag, opcode, self.token, packed, data, need_buf, fields)
             try:
                 total = sum(len(p) for p in pieces)
                 sent = self.sock.sendmsg(pieces)
@@ -276,8 +244,11 @@ class _SocketWaiter:
         self.error: BaseException | None = None
 
 
-class SocketTrioClient:
+class SocketTrioClient(AsyncCalls):
     """`TrioClient`'s API over the socket alone: `async with SocketTrioClient.open(path)`."""
+
+    buf_size = BUF_SIZE
+    max_body = MAX_BODY
 
     def __init__(self, sock: socket.socket, accept: handshake.Accept) -> None:
         self.sock = trio.socket.from_stdlib_socket(sock)
@@ -318,31 +289,6 @@ class SocketTrioClient:
             client._fail(ChannelClosed("the client was closed"))
             client.sock.close()
 
-    async def call(
-        self,
-        opcode: int,
-        body: Any = None,
-        *,
-        data: Buffer | None = None,
-        read_size: int = 0,
-        **header_fields: Any,
-    ) -> Reply:
-        request = _frame_request(data, read_size, False, header_fields)
-        return await self._call(opcode, _pack(body, MAX_BODY), data, read_size, None, request)
-
-    async def call_into(
-        self,
-        opcode: int,
-        dest: memoryview | bytearray,
-        body: Any = None,
-        *,
-        data: Buffer | None = None,
-        **header_fields: Any,
-    ) -> Reply:
-        dest = memoryview(dest).cast("B")
-        request = _frame_request(data, min(len(dest), BUF_SIZE), True, header_fields)
-        return await self._call(opcode, _pack(body, MAX_BODY), data, 0, dest, request)
-
     async def _call(
         self,
         opcode: int,
@@ -350,7 +296,8 @@ class SocketTrioClient:
         data: Buffer | None,
         read_size: int,
         dest: memoryview | None,
-        request: tuple[int, HeaderFields],
+        need_buf: bool,
+        fields: HeaderFields,
     ) -> Reply:
         if self.closed:
             raise ChannelClosed("the channel is closed")
@@ -360,7 +307,9 @@ class SocketTrioClient:
             waiter = _SocketWaiter(read_size, dest)
             self._waiters[tag] = waiter
             try:
-                pieces = encode_command_frame(tag, opcode, self.token, packed, data, request)
+                pieces = encode_command_frame(
+                    tag, opcode, self.token, packed, data, need_buf, fields
+                )
                 message = b"".join(bytes(p) for p in pieces) if len(pieces) > 1 else pieces[0]
                 view = memoryview(message)
                 async with self._send_lock:
