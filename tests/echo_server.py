@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import select
 import signal
-import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -32,8 +29,7 @@ import trio
 
 from channel.poller import AnyChannel, Poller, serve_connection
 from channel.protocol import Command, pack_body
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.reporting_process import ReportingProcess
 
 
 def _answer(channel: AnyChannel, cmd: Command) -> None:
@@ -119,63 +115,11 @@ def main() -> None:
     trio.run(serve, args.socket, secret, args.trust_forwarded)
 
 
-class EchoServer:
+class EchoServer(ReportingProcess):
     """Runs the echo server as a child process; always killed on exit."""
 
     def __init__(self, socket_path: Path, *args: str) -> None:
-        self.path = socket_path
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.echo_server", str(socket_path), *args],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        assert self.proc.stdout is not None
-        self._out = self.proc.stdout.fileno()
-        self._pending = b""
-        self.lines: list[str] = []
-        self.wait_line(lambda line: line == "ready", timeout=20.0)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def wait_line(self, match: Any, timeout: float = 5.0) -> str:
-        """The first line (seen so far or arriving before the deadline) that matches."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for line in self.lines[seen:]:
-                if match(line):
-                    return line
-            seen = len(self.lines)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no matching line from the echo server; got {self.lines}")
-            ready, _, _ = select.select([self._out], [], [], left)
-            if ready:
-                chunk = os.read(self._out, 65536)
-                if not chunk:
-                    raise RuntimeError(f"echo server exited; output {self.lines}")
-                *complete, self._pending = (self._pending + chunk).split(b"\n")
-                self.lines.extend(c.decode() for c in complete)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def close(self) -> None:
-        self.kill()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> EchoServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(socket_path, ["tests.echo_server", str(socket_path), *args], "echo server")
 
 
 if __name__ == "__main__":

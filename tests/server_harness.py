@@ -18,10 +18,7 @@ import functools
 import multiprocessing
 import multiprocessing.connection
 import os
-import select
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +29,7 @@ import trio
 from channel.client import BlockingClient, Reply
 from channel.layout import Geometry
 from channel.poller import AnyChannel
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.reporting_process import ReportingProcess
 
 #: Geometry of test channels: small, but with buffers as large as FUSE's largest I/O.
 GEOMETRY = Geometry(sq_entries=64, cq_entries=64, slot_size=8192, buf_count=16, buf_size=1 << 20)
@@ -61,7 +57,7 @@ async def serve(export: str, path: str) -> None:
         print("stopped", flush=True)
 
 
-class ServerProcess:
+class ServerProcess(ReportingProcess):
     """The harness server as a child process; always killed on exit."""
 
     def __init__(
@@ -69,55 +65,15 @@ class ServerProcess:
     ) -> None:
         """`user`: (uid, gid) the server runs as (default: this process's, i.e. root)."""
         self.export = export
-        self.path = socket_path
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.server_harness",
-                str(export),
-                str(socket_path),
-                *(["--user", f"{user[0]}:{user[1]}"] if user else []),
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        assert self.proc.stdout is not None
-        self._out = self.proc.stdout.fileno()
-        self._pending = b""
-        self.lines: list[str] = []
-        self.wait_line(lambda line: line == "ready", timeout=20.0)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        user_args = ["--user", f"{user[0]}:{user[1]}"] if user else []
+        module_args = ["tests.server_harness", str(export), str(socket_path), *user_args]
+        super().__init__(socket_path, module_args, "server")
 
     def client(self, role: str = "app", geometry: Geometry = GEOMETRY) -> BlockingClient:
         return BlockingClient.connect(self.path, role=role, geometry=geometry)
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    def wait_line(self, match: Callable[[str], bool], timeout: float = 5.0) -> str:
-        """The first line (seen so far or arriving before the deadline) that matches."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for line in self.lines[seen:]:
-                if match(line):
-                    return line
-            seen = len(self.lines)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no matching line from the server; got {self.lines[-20:]}")
-            ready, _, _ = select.select([self._out], [], [], left)
-            if ready:
-                chunk = os.read(self._out, 65536)
-                if not chunk:
-                    raise RuntimeError(f"server exited; output {self.lines[-20:]}")
-                *complete, self._pending = (self._pending + chunk).split(b"\n")
-                self.lines.extend(c.decode() for c in complete)
 
     def wait_closed(self, channel_id: int, timeout: float = 10.0) -> None:
         self.wait_line(lambda line: line == f"closed {channel_id}", timeout)
@@ -126,24 +82,8 @@ class ServerProcess:
         """SIGTERM, and the exit status."""
         self.proc.send_signal(signal.SIGTERM)
         status = self.proc.wait(timeout=timeout)
-        rest = self._pending + os.read(self._out, 1 << 20)
-        self._pending = b""
-        self.lines.extend(line.decode() for line in rest.split(b"\n") if line)
+        self._take(os.read(self._out, 1 << 20) + b"\n")
         return status
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:

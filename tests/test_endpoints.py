@@ -24,7 +24,8 @@ from channel.errors import ChannelClosed
 from channel.layout import ClientStat, Geometry, ServerStat
 from channel.opcodes import Op
 from channel.socket_transport import SocketBlockingClient, SocketTrioClient
-from tests.echo_server import REPO, EchoServer
+from tests.echo_server import EchoServer
+from tests.reporting_process import REPO
 
 SMALL = Geometry(sq_entries=16, cq_entries=16, slot_size=1024, buf_count=4, buf_size=8192)
 #: The bound within which each side must notice its peer's death.
