@@ -142,11 +142,7 @@ def release(req: Request) -> Reply:
 
 
 def fsync(req: Request) -> Reply:
-    handle = _file(req)
-    if req.cmd.flags & 1:
-        os.fdatasync(handle.fd)
-    else:
-        os.fsync(handle.fd)
+    syscalls.sync(_file(req).fd, req.cmd.flags)
     return EMPTY
 
 

@@ -285,9 +285,5 @@ def releasedir(req: Request) -> Reply:
 
 
 def fsyncdir(req: Request) -> Reply:
-    handle = _dir_handle(req)
-    if req.cmd.flags & 1:
-        os.fdatasync(handle.fd)
-    else:
-        os.fsync(handle.fd)
+    syscalls.sync(_dir_handle(req).fd, req.cmd.flags)
     return EMPTY

@@ -63,6 +63,18 @@ def _timespec(value: int | None) -> _Timespec:
     return _Timespec(seconds, nanos)
 
 
+#: FSYNC/FSYNCDIR header flag: data only (fdatasync).
+DATASYNC = 1
+
+
+def sync(fd: int, flags: int) -> None:
+    """fsync, or fdatasync when the command's flags ask for DATASYNC."""
+    if flags & DATASYNC:
+        os.fdatasync(fd)
+    else:
+        os.fsync(fd)
+
+
 def utimens(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
     """Set the times of the object behind (O_PATH) `fd`; see `_timespec` for the values."""
     times = (_Timespec * 2)(_timespec(atime_ns), _timespec(mtime_ns))
