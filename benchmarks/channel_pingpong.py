@@ -2,7 +2,9 @@
 
 Both talk to the same echo server process (tests/echo_server.py) with the same msgpack
 messages. Measured per transport:
-  * busy ping-pong: one NOP in flight at a time, back to back (p50/p99, round trips/s);
+  * busy ping-pong: one NOP in flight at a time, back to back (p50/p99, round trips/s), in
+    rounds that alternate between the transports, so that both see the same noise of a
+    shared machine; each figure is the median over the rounds;
   * after idle: a pause long enough for the server (and client) to park, then one NOP,
     i.e. the cost of a doorbell wake-up;
   * pipelined: many trio tasks in flight at once (commands/s).
@@ -41,7 +43,7 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
 
 def ping_pong(call: Callable[..., Any], rounds: int) -> tuple[float, float, float]:
     """(p50 µs, p99 µs, round trips per second)."""
-    for _ in range(min(1000, rounds)):  # warm up caches and the server's spin
+    for _ in range(min(200, rounds)):  # warm up caches and the server's spin
         call(Op.NOP, BODY)
     latencies = []
     perf = time.perf_counter_ns
@@ -81,26 +83,37 @@ async def pipelined(open_client: Any, path: Path, total: int, tasks: int) -> flo
         return per_task * tasks / (time.perf_counter() - started)
 
 
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (under a minute)")
     args = parser.parse_args()
-    rounds, idle_rounds, piped = (5_000, 30, 20_000) if args.quick else (50_000, 200, 100_000)
+    rounds, per_round, idle_rounds, piped = (
+        (7, 2_000, 30, 20_000) if args.quick else (15, 10_000, 200, 100_000)
+    )
 
+    names = ("channel (shm)", "unix socket")
+    busy: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
     rows = []
     with tempfile.TemporaryDirectory() as tmp, EchoServer(Path(tmp) / "sock") as server:
-        transports: list[tuple[str, Any, Any]] = [
-            ("channel (shm)", BlockingClient.connect, TrioClient.open),
-            ("unix socket", SocketBlockingClient.connect, SocketTrioClient.open),
-        ]
-        results = {}
-        for name, connect, open_trio in transports:
-            with connect(server.path) as client:
-                p50, p99, rate = ping_pong(client.call, rounds)
-                idle50, idle99 = after_idle(client.call, idle_rounds)
-            throughput = trio.run(pipelined, open_trio, server.path, piped, 64)
-            results[name] = p50
-            rows.append((name, p50, p99, rate, idle50, idle99, throughput))
+        with (
+            BlockingClient.connect(server.path) as shm,
+            SocketBlockingClient.connect(server.path) as sock,
+        ):
+            calls = {names[0]: shm.call, names[1]: sock.call}
+            for _ in range(rounds):
+                for name in names:
+                    busy[name].append(ping_pong(calls[name], per_round))
+            idle = {name: after_idle(calls[name], idle_rounds) for name in names}
+        opens = {names[0]: TrioClient.open, names[1]: SocketTrioClient.open}
+        for name in names:
+            throughput = trio.run(pipelined, opens[name], server.path, piped, 64)
+            p50, p99, rate = (median([r[i] for r in busy[name]]) for i in range(3))
+            rows.append((name, p50, p99, rate, *idle[name], throughput))
 
     print(
         f"{'transport':<15}{'p50 µs':>9}{'p99 µs':>9}{'rt/s':>9}"
@@ -111,8 +124,9 @@ def main() -> None:
             f"{name:<15}{p50:>9.1f}{p99:>9.1f}{rate:>9.0f}"
             f"{idle50:>10.1f}{idle99:>10.1f}{throughput:>10.0f}"
         )
-    ratio = results["unix socket"] / results["channel (shm)"]
-    print(f"channel_pingpong: ratio={ratio:.1f}")
+    ratios = [sock[0] / shm[0] for shm, sock in zip(busy[names[0]], busy[names[1]], strict=True)]
+    print(f"ratio per round: {' '.join(f'{r:.1f}' for r in ratios)}")
+    print(f"channel_pingpong: ratio={median(ratios):.1f}")
 
 
 if __name__ == "__main__":

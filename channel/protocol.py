@@ -205,6 +205,26 @@ def peek_tag(slot: memoryview | bytes) -> int:
     return int.from_bytes(slot[:8], "little") if len(slot) >= 8 else 0
 
 
+def write_completion(
+    slot: memoryview | bytearray,
+    tag: int,
+    status: int,
+    body: bytes,
+    data_len: int,
+    buf: int,
+    value: int,
+) -> int:
+    """Write a completion into `slot`; `body` is already msgpacked. Returns the bytes used."""
+    n = len(body)
+    end = _COMPLETION_SIZE + n
+    if end > len(slot):
+        raise ValueError(f"completion body of {n} bytes does not fit the slot")
+    _pack_completion(slot, 0, tag, status, n, data_len, buf, value)
+    if n:
+        slot[_COMPLETION_SIZE:end] = body
+    return end
+
+
 def encode_completion(
     slot: memoryview | bytearray,
     tag: int,
@@ -215,14 +235,8 @@ def encode_completion(
     buf: int = NO_BUFFER,
     value: int = 0,
 ) -> int:
-    """Write a completion into `slot`; `body` is already msgpacked. Returns the bytes used."""
-    end = COMPLETION_HEADER.size + len(body)
-    if end > len(slot):
-        raise ValueError(f"completion body of {len(body)} bytes does not fit the slot")
-    _pack_completion(slot, 0, tag, status, len(body), data_len, buf, value)
-    if body:
-        slot[COMPLETION_HEADER.size : end] = body
-    return end
+    """`write_completion` with keywords."""
+    return write_completion(slot, tag, status, body, data_len, buf, value)
 
 
 def decode_completion(

@@ -102,10 +102,14 @@ class RingProducer(_RingEnd):
 
     def publish(self, count: int = 1) -> bool:
         """Make `count` filled slots visible; True if the consumer is parked and must be woken."""
-        self.tail += count
-        self._words[self._tail_index] = self.tail
-        full_fence()  # the tail store must be visible before the flag is read (see module doc)
-        return bool(self._words[self._flags_index] & NEED_WAKEUP)
+        tail = self.tail + count
+        self.tail = tail
+        words = self._words
+        words[self._tail_index] = tail
+        # full_fence(), inlined: the tail store must be visible before the flag is read.
+        _fence_acquire()
+        _fence_release()
+        return bool(words[self._flags_index] & NEED_WAKEUP)
 
 
 class RingConsumer(_RingEnd):

@@ -26,21 +26,26 @@ from channel.protocol import (
     HeaderFields,
     decode_command,
     decode_completion,
-    encode_completion,
     header_fields,
     peek_tag,
     write_command,
+    write_completion,
 )
 from channel.ring import RingConsumer, RingProducer
 
 _LAST_OPCODE_COUNTER = layout.OPCODE_COUNTERS - 1
+_LAST_BUCKET = layout.LATENCY_BUCKETS - 1
+# The counters as plain module constants: the hot paths below touch several per command.
 _BY_OPCODE = ClientStat.BY_OPCODE
+_COMMANDS = ClientStat.COMMANDS
+_COMPLETIONS = ClientStat.COMPLETIONS
+_BYTES_OUT = ClientStat.BYTES_OUT
+_BYTES_IN = ClientStat.BYTES_IN
+_LATENCY = ClientStat.LATENCY
+_LATENCY_SUM_NS = ClientStat.LATENCY_SUM_NS
 _SERVER_BY_OPCODE = ServerStat.BY_OPCODE
-
-
-def _opcode_counter(opcode: int) -> int:
-    """The per-opcode statistics word of `opcode` (an unsigned 16-bit number)."""
-    return opcode if opcode < _LAST_OPCODE_COUNTER else _LAST_OPCODE_COUNTER
+_SERVER_COMMANDS = ServerStat.COMMANDS
+_SERVER_COMPLETIONS = ServerStat.COMPLETIONS
 
 
 def sq_consumer(region: Region) -> RingConsumer:
@@ -118,10 +123,10 @@ class ClientSide:
                       fields)  # fmt: skip
         self.in_flight[tag] = monotonic_ns()
         stats = self.stats
-        stats[ClientStat.COMMANDS] += 1
-        stats[_BY_OPCODE + _opcode_counter(opcode)] += 1
+        stats[_COMMANDS] += 1
+        stats[_BY_OPCODE + (opcode if opcode < _LAST_OPCODE_COUNTER else _LAST_OPCODE_COUNTER)] += 1
         if data_len:
-            stats[ClientStat.BYTES_OUT] += data_len
+            stats[_BYTES_OUT] += data_len
         return tag, sq.publish()
 
     def submit(
@@ -145,19 +150,17 @@ class ClientSide:
             started = self.in_flight.pop(completion.tag, None)
             if started is None:
                 continue
-            self._account(completion, started)
+            # Account for it: count, latency histogram, bytes.
+            stats = self.stats
+            elapsed = monotonic_ns() - started
+            stats[_COMPLETIONS] += 1
+            stats[_LATENCY_SUM_NS] += elapsed
+            bucket = (elapsed // 1000).bit_length()
+            stats[_LATENCY + (bucket if bucket < _LAST_BUCKET else _LAST_BUCKET)] += 1
+            if completion.data_len:
+                stats[_BYTES_IN] += completion.data_len
             return completion
         return None
-
-    def _account(self, completion: Completion, started: int) -> None:
-        stats = self.stats
-        elapsed = monotonic_ns() - started
-        stats[ClientStat.COMPLETIONS] += 1
-        stats[ClientStat.LATENCY_SUM_NS] += elapsed
-        bucket = min((elapsed // 1000).bit_length(), layout.LATENCY_BUCKETS - 1)
-        stats[ClientStat.LATENCY + bucket] += 1
-        if completion.data_len:
-            stats[ClientStat.BYTES_IN] += completion.data_len
 
     def count(self, stat: int, n: int = 1) -> None:
         self.stats[stat] += n
@@ -167,9 +170,9 @@ def _encode_completion(
     slot: memoryview, tag: int, status: int, body: bytes, data_len: int, buf: int, value: int
 ) -> None:
     try:
-        encode_completion(slot, tag, status, body, data_len=data_len, buf=buf, value=value)
+        write_completion(slot, tag, status, body, data_len, buf, value)
     except ValueError:  # the body does not fit a slot
-        encode_completion(slot, tag, -errno.EOVERFLOW)
+        write_completion(slot, tag, -errno.EOVERFLOW, b"", 0, NO_BUFFER, 0)
 
 
 class Rejected:
@@ -213,8 +216,8 @@ class ServerSide:
         if not sq.available():
             return None
         cq = self.cq
-        if self.outstanding + cq.entries - cq.free_slots() >= cq.entries:
-            return None
+        if self.outstanding >= cq.free_slots():
+            return None  # every free CQ slot is promised to a command already taken
         stats = self.stats
         slot = sq.slots[sq.head & sq.mask]
         try:
@@ -222,16 +225,19 @@ class ServerSide:
         except ProtocolError:
             sq.release()
             self.outstanding += 1
-            stats[ServerStat.COMMANDS] += 1
+            stats[_SERVER_COMMANDS] += 1
             stats[ServerStat.PROTOCOL_ERRORS] += 1
             return Rejected(peek_tag(slot), -errno.EPROTO)
         sq.release()  # everything needed was copied out of the slot
         self.outstanding += 1
-        stats[ServerStat.COMMANDS] += 1
+        stats[_SERVER_COMMANDS] += 1
         if not compare_digest(command.token, self.token):
             stats[ServerStat.AUTH_FAILURES] += 1
             return Rejected(command.tag, -errno.EACCES)
-        stats[_SERVER_BY_OPCODE + _opcode_counter(command.opcode)] += 1
+        opcode = command.opcode
+        stats[
+            _SERVER_BY_OPCODE + (opcode if opcode < _LAST_OPCODE_COUNTER else _LAST_OPCODE_COUNTER)
+        ] += 1
         return command
 
     def complete(
@@ -248,7 +254,7 @@ class ServerSide:
         woken. Raises ProtocolError if the CQ's head is corrupt."""
         self.outstanding -= 1
         stats = self.stats
-        stats[ServerStat.COMPLETIONS] += 1
+        stats[_SERVER_COMPLETIONS] += 1
         if status < 0:
             stats[ServerStat.ERRORS] += 1
         cq = self.cq

@@ -194,7 +194,9 @@ def test_exit_releases_everything_the_application_held(mount: Mount) -> None:
     dying.join(30)
     assert dying.exitcode == 0
     deadline = time.monotonic() + 10
-    while _server_fds(mount) != baseline:  # the server frees the channel as it notices
+    # At most the baseline: a channel that ended just before it was sampled may be released
+    # only now, taking the count below it.
+    while _server_fds(mount) > baseline:  # the server frees the channel as it notices
         assert time.monotonic() < deadline, (_server_fds(mount), baseline)
         os.stat(mount.path / "f0")  # a round trip between samples, not a sleep
 
