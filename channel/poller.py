@@ -121,10 +121,10 @@ class ServerChannel:
             return
         buf = self._bufs.pop(tag, NO_BUFFER) if self._bufs else NO_BUFFER
         side = self.side
+        if data_len > self._buf_size:
+            data_len = self._buf_size
         try:
-            if side.complete(
-                tag, status, body, data_len=min(data_len, self._buf_size), buf=buf, value=value
-            ):
+            if side.complete(tag, status, body, data_len=data_len, buf=buf, value=value):
                 doorbell.ring(self.cq_efd)
                 side.stats[ServerStat.WAKEUPS_SENT] += 1
         except ProtocolError:
@@ -245,24 +245,21 @@ class Poller:
                     doorbell.ring(channel.cq_efd)
                     side.stats[ServerStat.WAKEUPS_SENT] += 1
                 for _ in range(BATCH):
-                    if _is_closed(channel):  # a completion (corrupt CQ head) or handler closed it
-                        break
                     item = side.take()
                     if item is None:
                         break
                     worked = True
-                    if type(item) is Rejected:
+                    if isinstance(item, Rejected):
                         channel.complete(item.tag, item.status)
-                        continue
-                    assert type(item) is Command
-                    if item.buf != NO_BUFFER:
-                        channel._bufs[item.tag] = item.buf
-                    try:
-                        handler(channel, item)
-                    except Exception:
-                        log.exception("handler failed on %r of %r", item, channel)
-                        channel.complete(item.tag, -errno.EIO)
-                    if _is_closed(channel):  # the handler may have closed it
+                    else:
+                        if item.buf != NO_BUFFER:
+                            channel._bufs[item.tag] = item.buf
+                        try:
+                            handler(channel, item)
+                        except Exception:
+                            log.exception("handler failed on %r of %r", item, channel)
+                            channel.complete(item.tag, -errno.EIO)
+                    if _is_closed(channel):  # a completion (corrupt CQ head) or handler closed it
                         break
             except ProtocolError as exc:
                 log.warning("closing %r: %s", channel, exc)
