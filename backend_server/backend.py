@@ -215,11 +215,8 @@ class Backend:
             count = ops_data.read_into(handle, cmd, channel.output_buffer(cmd))
         except Exception as exc:
             self._complete(channel, cmd.tag, status_of(exc), None)
-            return True
-        try:
-            channel.complete(cmd.tag, 0, data_len=count)
-        except Exception:
-            log.warning("could not complete tag %d on a channel", cmd.tag, exc_info=True)
+        else:
+            self._complete(channel, cmd.tag, 0, Reply(data_len=count))
         return True
 
     def _finish(self, spec: OpSpec, req: Request, status: int, reply: Reply | None) -> None:

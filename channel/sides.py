@@ -48,6 +48,11 @@ _SERVER_COMMANDS = ServerStat.COMMANDS
 _SERVER_COMPLETIONS = ServerStat.COMPLETIONS
 
 
+def _opcode_counter(opcode: int) -> int:
+    """The per-opcode statistics word of `opcode` (an unsigned 16-bit number)."""
+    return opcode if opcode < _LAST_OPCODE_COUNTER else _LAST_OPCODE_COUNTER
+
+
 def sq_consumer(region: Region) -> RingConsumer:
     g = region.geometry
     return RingConsumer(
@@ -124,7 +129,7 @@ class ClientSide:
         self.in_flight[tag] = monotonic_ns()
         stats = self.stats
         stats[_COMMANDS] += 1
-        stats[_BY_OPCODE + (opcode if opcode < _LAST_OPCODE_COUNTER else _LAST_OPCODE_COUNTER)] += 1
+        stats[_BY_OPCODE + _opcode_counter(opcode)] += 1
         if data_len:
             stats[_BYTES_OUT] += data_len
         return tag, sq.publish()
@@ -234,10 +239,7 @@ class ServerSide:
         if not compare_digest(command.token, self.token):
             stats[ServerStat.AUTH_FAILURES] += 1
             return Rejected(command.tag, -errno.EACCES)
-        opcode = command.opcode
-        stats[
-            _SERVER_BY_OPCODE + (opcode if opcode < _LAST_OPCODE_COUNTER else _LAST_OPCODE_COUNTER)
-        ] += 1
+        stats[_SERVER_BY_OPCODE + _opcode_counter(command.opcode)] += 1
         return command
 
     def complete(
