@@ -105,6 +105,16 @@ class InodeTable:
         over: it is kept, or closed when the object is already held)."""
         return self._count(session, fd, st, None, 1)
 
+    def count_known(self, session: Session, st: os.stat_result) -> Inode | None:
+        """Count one lookup of the object with these stats if the table already holds it
+        (its own descriptor keeps the object, so its (st_dev, st_ino) cannot have been
+        reused); None if it is not held, and then nothing is counted."""
+        with self._lock:
+            inode = self._by_key.get((st.st_dev, st.st_ino))
+            if inode is None or session.closed or self.closed:
+                return None
+            return self._counted(session, inode, 1)
+
     def number_of(self, st: os.stat_result) -> int:
         """The number the object with these stats has, or will have once looked up."""
         key = (st.st_dev, st.st_ino)
@@ -151,10 +161,15 @@ class InodeTable:
             finally:
                 if fd >= 0:
                     os.close(fd)
-            inode.lookups += count
-            lookups = session.lookups
-            lookups[inode.number] = lookups.get(inode.number, 0) + count
-            return inode
+            return self._counted(session, inode, count)
+
+    @staticmethod
+    def _counted(session: Session, inode: Inode, count: int) -> Inode:
+        """Add `count` lookups of `inode` by `session` (the caller holds the lock)."""
+        inode.lookups += count
+        lookups = session.lookups
+        lookups[inode.number] = lookups.get(inode.number, 0) + count
+        return inode
 
     def forget(self, session: Session, number: int, count: int) -> None:
         """Drop up to `count` of `session`'s references to `number` (never more than the

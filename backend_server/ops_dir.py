@@ -224,6 +224,8 @@ def snapshot_names(fd: int) -> list[bytes]:
 
 
 def readdir(req: Request) -> Reply:
+    """A page of entries from offset `cmd.offset`; the body says how many and whether the
+    page ends the snapshot, so that a reader needs no extra round trip to learn it is done."""
     cmd = req.cmd
     handle = _dir_handle(req)
     out = req.channel.output_buffer(cmd)
@@ -234,49 +236,50 @@ def readdir(req: Request) -> Reply:
     names = handle.snapshot
     if cmd.offset == 0 or names is None:
         names = handle.snapshot = snapshot_names(handle.fd)
-    packed: list[bytes] = []
+    entries: list[list[object]] = []
     room = len(out) - ARRAY_HEADER_MAX
     index = cmd.offset
     limit = INLINE_READDIR_ENTRIES if req.inline else len(names)
-    while index < len(names) and len(packed) < limit:
+    while index < len(names) and len(entries) < limit:
         name = names[index]
-        try:
-            fd = _open_child(handle.fd, name)
-        except FileNotFoundError:
-            index += 1
-            continue  # removed since the snapshot
-        try:
-            st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            raise
         # Bound the entry's size before counting a lookup, so that an entry that does not fit
         # is never registered and then forgotten.
-        if len(name) + ENTRY_OVERHEAD_MAX > room:
-            os.close(fd)
-            if not packed:
+        room -= len(name) + ENTRY_OVERHEAD_MAX
+        if room < 0:
+            if not entries:
                 raise fail(errno.EINVAL, "output buffer too small for one entry")
             break
-        inode = req.table.register(req.session, fd, st)
         index += 1
-        item = _pack_entry(name, attr(inode.number, st), index)
-        packed.append(item)
-        room -= len(item)
-    page = _array_header(len(packed)) + b"".join(packed)
+        counted = _count_entry(req, handle.fd, name)
+        if counted is not None:
+            inode, st = counted
+            entries.append([name, attr(inode.number, st), index])
+    page = msgpack.packb(entries, use_bin_type=True)
     out[: len(page)] = page
-    return Reply(pack_body([len(packed)]), data_len=len(page))
+    return Reply(pack_body([len(entries), index >= len(names)]), data_len=len(page))
 
 
-def _pack_entry(name: bytes, attributes: list[int], next_offset: int) -> bytes:
-    return msgpack.packb([name, attributes, next_offset], use_bin_type=True)
-
-
-def _array_header(count: int) -> bytes:
-    if count < 16:
-        return bytes((0x90 | count,))
-    if count < 1 << 16:
-        return b"\xdc" + count.to_bytes(2, "big")
-    return b"\xdd" + count.to_bytes(4, "big")
+def _count_entry(req: Request, dir_fd: int, name: bytes) -> tuple[Inode, os.stat_result] | None:
+    """Count a lookup of `name` for a READDIR page; None if it was removed since the snapshot.
+    An object the table already holds (the common case: the kernel keeps what it listed)
+    needs no descriptor of its own, only its stats."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    inode = req.table.count_known(req.session, st)
+    if inode is not None:
+        return inode, st
+    try:
+        fd = _open_child(dir_fd, name)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return req.table.register(req.session, fd, st), st
 
 
 def releasedir(req: Request) -> Reply:

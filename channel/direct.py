@@ -156,6 +156,8 @@ class Plans:
                     names.append(os.fsdecode(name))
                     offset = next_offset
                     yield from self._give_back(attr[0])  # READDIR counted a lookup each
+                if isinstance(reply.body, list) and reply.body[1:2] == [True]:
+                    break  # the server says this page ends the listing
             yield Call(Op.RELEASEDIR, None, {"fh": fh})
             return names
         finally:

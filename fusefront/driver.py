@@ -63,6 +63,11 @@ def _data_state(attr: Sequence[int]) -> tuple[int, int, int]:
     return attr[6], attr[10], attr[11]
 
 
+def _page_ends_listing(body: Any) -> bool:
+    """Does a READDIR reply's body ([count, ends]) say no entries follow this page?"""
+    return isinstance(body, list) and len(body) > 1 and body[1] is True
+
+
 def _ctx_fields(ctx: pyfuse3.RequestContext) -> dict[str, int]:
     return {"uid": ctx.uid, "gid": ctx.gid, "pid": ctx.pid, "umask": ctx.umask}
 
@@ -94,6 +99,8 @@ class RingOperations(pyfuse3.Operations):
         self.nodes = NodeTable()
         #: inode -> (size, mtime, ctime) when last closed here; see fusefront.cache, `auto`.
         self._closed_state: dict[int, tuple[int, int, int]] = {}
+        #: directory handle -> the offset at which the server said its listing ends
+        self._dir_end: dict[int, int] = {}
 
     async def _call(self, opcode: int, body: Any = None, **kwargs: Any) -> Reply:
         try:
@@ -306,6 +313,8 @@ class RingOperations(pyfuse3.Operations):
         return reply.value
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if start_id and self._dir_end.get(fh) == start_id:
+            return  # the server said its listing ends here: no round trip to hear it again
         offset = start_id
         directory = self.nodes.handle_inode(fh) or 0
         while True:
@@ -313,8 +322,6 @@ class RingOperations(pyfuse3.Operations):
                 Op.READDIR, fh=fh, offset=offset, size=READDIR_PAGE, read_size=READDIR_PAGE
             )
             entries = unpack_body(reply.data) if reply.data else []
-            if not entries:
-                return
             for i, (name, attr, next_offset) in enumerate(entries):
                 if pyfuse3.readdir_reply(token, name, self._attr(attr), next_offset):
                     self.nodes.learned(attr[0], directory, name)
@@ -324,8 +331,13 @@ class RingOperations(pyfuse3.Operations):
                     await self._give_back([(rest[1][0], 1) for rest in entries[i:]])
                     return
                 offset = next_offset
+            if not entries or _page_ends_listing(reply.body):
+                if offset:
+                    self._dir_end[fh] = offset
+                return
 
     async def releasedir(self, fh: int) -> None:
+        self._dir_end.pop(fh, None)
         self.nodes.closed(fh)
         await self._call(Op.RELEASEDIR, fh=fh)
 

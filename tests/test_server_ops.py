@@ -128,11 +128,15 @@ class FS:
             while True:
                 reply = self.ok(Op.READDIR, fh=fh, offset=offset, read_size=page)
                 items = unpack_body(reply.data) if reply.data else []
-                assert reply.body == [len(items)]
-                if not items:
-                    return entries
+                count, ends = reply.body
+                assert count == len(items)
                 entries.extend((n, a, o) for n, a, o in items)
-                offset = items[-1][2]
+                offset = items[-1][2] if items else offset
+                if ends:  # and it is true: nothing follows
+                    after = self.ok(Op.READDIR, fh=fh, offset=offset, read_size=page)
+                    assert after.body == [0, True]
+                    return entries
+                assert items, "a page that does not end the listing must carry entries"
         finally:
             self.ok(Op.RELEASEDIR, fh=fh)
 
@@ -671,7 +675,7 @@ def test_readdir_errors(fs: FS, work: tuple[Path, int]) -> None:
     fh = fs.ok(Op.OPENDIR, ino=dino).value
     assert fs.call(Op.READDIR, fh=fh).status == -errno.EINVAL  # no output buffer
     assert fs.call(Op.READDIR, fh=fh, read_size=16).status == -errno.EINVAL  # too small
-    assert fs.call(Op.READDIR, fh=fh, offset=10_000, read_size=4096).body == [0]
+    assert fs.call(Op.READDIR, fh=fh, offset=10_000, read_size=4096).body == [0, True]
     fs.ok(Op.RELEASEDIR, fh=fh)
 
 
