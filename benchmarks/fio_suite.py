@@ -7,6 +7,7 @@ layer, not a disk):
   ringfs-none      ringfs, -o cache=none
   ringfs-auto      ringfs, -o cache=auto
   ringfs-always    ringfs, -o cache=always
+  ringfs-writeback ringfs, -o cache=auto,writeback (the kernel's writeback cache; not the default)
   ringfs-socket    ringfs over its Unix-socket transport (same code, no shared memory), cache=none
   passthrough      pyfuse3's own examples/passthroughfs.py (in-process, page cache, no IPC)
 
@@ -64,8 +65,8 @@ FIO_RUNS = [  # (label, job file, numjobs)
 ]
 PY_RUNS = ["stat", "create", "stat-many", "readdir", "unlink", "untar"]
 TARGETS = [
-    "tmpfs", "disk", "ringfs-none", "ringfs-auto", "ringfs-always", "ringfs-socket",
-    "passthrough",
+    "tmpfs", "disk", "ringfs-none", "ringfs-auto", "ringfs-always", "ringfs-writeback",
+    "ringfs-socket", "passthrough",
 ]  # fmt: skip
 
 
@@ -140,6 +141,7 @@ def mounted(name: str, export: Path, base: Path) -> Iterator[Target]:
         "ringfs-none": "cache=none",
         "ringfs-auto": "cache=auto",
         "ringfs-always": "cache=always",
+        "ringfs-writeback": "cache=auto,writeback",
         "ringfs-socket": "cache=none,transport=socket",
     }[name]
     sock = base / f"{name}.sock"

@@ -29,6 +29,7 @@ from channel.client import TrioClient
 from channel.layout import Geometry
 from channel.socket_transport import SocketTrioClient
 from fusefront.control import ControlSocket
+from fusefront.dirty_limits import lift_for_writeback
 from fusefront.driver import INFO_XATTR, RingOperations
 from fusefront.invalidation import keep_watching
 from fusefront.link import ServerLink
@@ -187,6 +188,8 @@ async def serve_mount(
             if opts.debug:
                 fuse_options.add("debug")
             pyfuse3.init(ops, mountpoint, fuse_options)
+            if opts.writeback:
+                lift_for_writeback(mountpoint)
             if opts.transport == "shm":  # invalidations need the FUSE session
                 nursery.start_soon(keep_watching, link)
             unmounted = False

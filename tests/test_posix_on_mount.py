@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fusefront.dirty_limits import WRITEBACK_MAX_RATIO, bdi_of
 from tests.mounting import Mount, ringfs_mount
 
 NOBODY = 65534
@@ -405,6 +406,10 @@ def test_writeback_cache_mount_keeps_data(tmp_path: Path) -> None:
         expected = b"".join(bytes([i]) * 4096 for i in range(100))
         assert f.read_bytes() == expected
         assert (m.export / "f").read_bytes() == expected
+        # the kernel's hard 1 % cap on a FUSE mount's dirty pages is lifted for writeback
+        bdi = bdi_of(str(m.path))
+        assert (bdi / "strict_limit").read_text().strip() == "0"
+        assert int((bdi / "max_ratio").read_text()) == WRITEBACK_MAX_RATIO
 
 
 def test_buffered_writes_do_not_ask_for_capabilities_each_time(tmp_path: Path) -> None:
