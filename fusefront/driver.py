@@ -313,7 +313,9 @@ class RingOperations(pyfuse3.Operations):
         return reply.value
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        if start_id and self._dir_end.get(fh) == start_id:
+        if not start_id:
+            self._dir_end.pop(fh, None)  # offset 0 lists afresh: the old end means nothing
+        elif self._dir_end.get(fh) == start_id:
             return  # the server said its listing ends here: no round trip to hear it again
         offset = start_id
         directory = self.nodes.handle_inode(fh) or 0

@@ -135,6 +135,26 @@ def test_readdir_of_ten_thousand_entries(d: Path) -> None:
     assert set(listed.stdout.split()) - {".", ".."} == names
 
 
+def test_rewound_directory_lists_what_was_added_meanwhile(d: Path) -> None:
+    """The driver remembers where a listing ended, to answer the kernel's last call itself;
+    a rewind starts a new listing, whose entries may run past that old end. A 32 KiB
+    getdents buffer holds 204 entries with 5-byte names (160 bytes each), so directories of
+    about that many make the old end fall where the kernel's second call starts."""
+    for n in range(196, 212):
+        sub = d / f"dir{n}"
+        sub.mkdir()
+        for i in range(n):
+            (sub / f"f{i:04d}").touch()
+        fd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert len(os.listdir(fd)) == n
+            for i in range(7):
+                (sub / f"g{i:04d}").touch()
+            assert len(os.listdir(fd)) == n + 7, n  # os.listdir(fd) rewinds the same handle
+        finally:
+            os.close(fd)
+
+
 def test_one_gib_file_round_trip_by_checksum(d: Path) -> None:
     f = d / "big"
     block = os.urandom(1 << 20)
