@@ -274,12 +274,7 @@ def _count_entry(req: Request, dir_fd: int, name: bytes) -> tuple[Inode, os.stat
         fd = _open_child(dir_fd, name)
     except FileNotFoundError:
         return None
-    try:
-        st = os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    return req.table.register(req.session, fd, st), st
+    return req.register(fd)
 
 
 def releasedir(req: Request) -> Reply:
