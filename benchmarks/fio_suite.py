@@ -75,7 +75,7 @@ class Target:
     name: str
     path: Path
     pids: dict[str, int] = field(default_factory=dict)  # role -> pid whose CPU we charge
-    warmed: set[str] = field(default_factory=set)  # data files laid out and read once
+    laid_out: set[str] = field(default_factory=set)  # which data files exist (rand, seq)
 
 
 def _cpu(target: Target, since: dict[str, float] | None = None) -> dict[str, float]:
@@ -162,21 +162,22 @@ def run_fio(target: Target, job: str, numjobs: int, size: str, runtime: int) -> 
            "NUMJOBS": str(numjobs)}  # fmt: skip
     job_file = str(FIO_JOBS / f"{job}.fio")
     data_kind = job.split("-")[0].removesuffix("read").removesuffix("write")  # rand or seq
-    if "read" in job and data_kind not in target.warmed:
-        # Reads run on a warm file: lay it out, then read it once, so that every target's
-        # caches have had their chance (what a cache mode keeps is the point of comparing).
-        # Later jobs on the file (writes included) go through the same caches. Laid out here
-        # in 1 MiB writes: fio would lay it out in the job's block size, 4 KiB writes that
-        # took most of --quick's time on the slower targets.
-        data_file = target.path / f"ringfs-fio-{data_kind}.dat"
+    data_file = target.path / f"ringfs-fio-{data_kind}.dat"
+    if data_kind not in target.laid_out:
+        # Laid out here in 1 MiB writes: fio would lay it out in the job's block size, 4 KiB
+        # writes that took most of --quick's time on the slower targets.
         chunk = os.urandom(1 << 20)
         with open(data_file, "wb") as out:
             for _ in range(int(size.removesuffix("m"))):
                 out.write(chunk)
+        target.laid_out.add(data_kind)
+    if "read" in job:
+        # Reads run on a warm file, read once just before (this VM pages out memory idle
+        # for a minute), so that every target's caches have had their chance: what a cache
+        # mode keeps is the point of comparing.
         with open(data_file, "rb") as warm:
             while warm.read(1 << 20):
                 pass
-        target.warmed.add(data_kind)
     before = _cpu(target)
     done = subprocess.run(
         ["fio", "--output-format=json", job_file],
@@ -388,9 +389,9 @@ def main() -> int:
     targets = args.targets.split(",")
     jobs = [j for j in [label for label, _, _ in FIO_RUNS] + PY_RUNS if j in args.jobs.split(",")]
     # Data files are 64 MiB in full mode too: this VM pages out memory left idle for about a
-    # minute (a DAMON pageout scheme), and with 256 MiB files for eight targets the warm
-    # files of every cache mode were paged out between warm-up and run (4,607 IOPS where
-    # the 64 MiB run gave 600,000).
+    # minute (a DAMON pageout scheme, see results/MACHINE.md), and with 256 MiB files for
+    # eight targets warm files were paged out between warm-up and run (4,607 IOPS where the
+    # 64 MiB run gave 600,000).
     size, runtime, count = ("64m", 1, 200) if args.quick else ("64m", 3, 3000)
     rounds = args.rounds or (1 if args.quick else 3)
     sys.path.insert(0, str(REPO))
