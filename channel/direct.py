@@ -40,7 +40,7 @@ from typing import Any, Self
 from channel.client import BlockingClient, Reply, TrioClient
 from channel.errors import ChannelClosed
 from channel.layout import Geometry
-from channel.opcodes import Op
+from channel.opcodes import Op, readdir_page_ends
 from channel.protocol import unpack_body
 
 #: The mount root's attribute naming the driver's sockets (see fusefront.mount.DriverInfo).
@@ -156,7 +156,7 @@ class Plans:
                     names.append(os.fsdecode(name))
                     offset = next_offset
                     yield from self._give_back(attr[0])  # READDIR counted a lookup each
-                if isinstance(reply.body, list) and reply.body[1:2] == [True]:
+                if readdir_page_ends(reply.body):
                     break  # the server says this page ends the listing
             yield Call(Op.RELEASEDIR, None, {"fh": fh})
             return names

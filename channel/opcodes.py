@@ -29,7 +29,7 @@ Bulk data (write payloads, read results, directory pages, xattr values) travels 
 | RELEASE     | fh                            | -                                     | attr (at close)         |
 | FSYNC       | fh, flags=datasync            | -                                     | -                       |
 | OPENDIR     | ino                           | -                                     | value=fh                |
-| READDIR     | fh, offset; buffer out        | -                                     | [count], entries in buf |
+| READDIR     | fh, offset; buffer out        | -                                     | [count, ends], buf      |
 | RELEASEDIR  | fh                            | -                                     | -                       |
 | FSYNCDIR    | fh, flags=datasync            | -                                     | -                       |
 | STATFS      | ino                           | -                                     | statvfs fields          |
@@ -108,6 +108,12 @@ ATTR_FIELDS = (
 )  # fmt: skip
 #: An `entry` reply body is [attr, generation]; the entry's lookup count was incremented.
 #: READDIR's buffer holds msgpack [[name, attr, next_offset], ...]; each returned entry's
-#: lookup count was incremented (the driver FORGETs the ones it could not pass on).
+#: lookup count was incremented (the driver FORGETs the ones it could not pass on). Its reply
+#: body is [count, ends]: `ends` is true when no entry follows this page in the listing.
 #: SETATTR body keys: "mode", "uid", "gid", "size", "atime_ns", "mtime_ns" (int, or the
 #: strings "now"; an absent key means omit).
+
+
+def readdir_page_ends(body: object) -> bool:
+    """Does a READDIR reply body say that no entries follow its page?"""
+    return isinstance(body, list) and len(body) > 1 and body[1] is True

@@ -19,7 +19,7 @@ from pyfuse3 import FUSEError
 
 from channel.errors import ChannelClosed
 from channel.limits import MAX_RESTORE_BATCH, XATTR_SIZE_MAX
-from channel.opcodes import Op
+from channel.opcodes import Op, readdir_page_ends
 from channel.protocol import unpack_body
 from fusefront.cache import CacheMode
 from fusefront.link import OperationLost
@@ -61,11 +61,6 @@ class Client(Protocol):
 def _data_state(attr: Sequence[int]) -> tuple[int, int, int]:
     """What tells whether a file's data changed: size, mtime and ctime (ATTR_FIELDS order)."""
     return attr[6], attr[10], attr[11]
-
-
-def _page_ends_listing(body: Any) -> bool:
-    """Does a READDIR reply's body ([count, ends]) say no entries follow this page?"""
-    return isinstance(body, list) and len(body) > 1 and body[1] is True
 
 
 def _ctx_fields(ctx: pyfuse3.RequestContext) -> dict[str, int]:
@@ -333,7 +328,7 @@ class RingOperations(pyfuse3.Operations):
                     await self._give_back([(rest[1][0], 1) for rest in entries[i:]])
                     return
                 offset = next_offset
-            if not entries or _page_ends_listing(reply.body):
+            if not entries or readdir_page_ends(reply.body):
                 if offset:
                     self._dir_end[fh] = offset
                 return
