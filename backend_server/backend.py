@@ -36,11 +36,10 @@ from typing import Any
 
 import trio
 
-from backend_server import ops_data
 from backend_server.coherence import Coherence, Notice
 from backend_server.context import Reply, Request
-from backend_server.dispatch import LARGE_IO, OPS, OpSpec
-from backend_server.identity import Identity, Switcher
+from backend_server.dispatch import OPS, OpSpec
+from backend_server.identity import NO_CALLER, Identity, Switcher
 from backend_server.inodes import ROOT_INO, InodeTable
 from backend_server.names import fail
 from backend_server.session import Session
@@ -61,9 +60,6 @@ def status_of(exc: BaseException) -> int:
         return -errno.EINVAL  # a body whose shape or values no system call accepts
     log.exception("unexpected failure in an operation", exc_info=exc)
     return -errno.EIO
-
-
-_READ = Op.READ
 
 
 class Backend:
@@ -165,8 +161,6 @@ class Backend:
     # -- commands -----------------------------------------------------------------------
     def handler(self, channel: Any, cmd: Command) -> None:
         """Execute or start `cmd`; see the module docstring. Never raises."""
-        if cmd.opcode == _READ and cmd.size <= LARGE_IO and self._read_inline(channel, cmd):
-            return
         try:
             spec = OPS.get(cmd.opcode)
             if spec is None:
@@ -177,7 +171,8 @@ class Backend:
             if self.closed:
                 raise fail(errno.ESHUTDOWN)
             session = self._session(channel)
-            req = Request(self.table, session, channel, cmd, self._caller(session, cmd))
+            caller = self._caller(session, cmd) if spec.identity else NO_CALLER
+            req = Request(self.table, session, channel, cmd, caller)
             if spec.handle:
                 req.handle = session.handle(cmd.fh)
         except BaseException as exc:
@@ -185,39 +180,30 @@ class Backend:
             if not isinstance(exc, Exception):
                 raise
             return
-        handle = req.handle
-        if handle is not None:
-            handle.pin()
         try:
-            if self._nursery is not None and spec.threaded(req):
-                req.inline = False
-                self.threaded_in_flight += 1
-                self._nursery.start_soon(self._run_threaded, spec, req)
-                handle = None  # the task unpins it
+            nursery = self._nursery
+            if nursery is not None and spec.threaded(req):
+                self._start_threaded(nursery, spec, req)
                 return
             status, reply = self._execute(spec, req)
         except Exception as exc:
             status, reply = status_of(exc), None
-        finally:
-            if handle is not None:
-                handle.unpin()
         self._finish(spec, req, status, reply)
 
-    def _read_inline(self, channel: Any, cmd: Command) -> bool:
-        """A small READ on an open file, the commonest command, served without the general
-        dispatch: no Request, no pin (nothing can close the handle while this runs to its end
-        in the trio thread), no identity (READ needs none). False: take the general path."""
-        session = self._sessions.get(id(channel))
-        handle = session.handles.get(cmd.fh) if session is not None else None
-        if handle is None or self.closed:
-            return False
+    def _start_threaded(self, nursery: trio.Nursery, spec: OpSpec, req: Request) -> None:
+        """Hand `req` to a worker thread. Only such a command pins its handle: an inline one
+        runs to its end in the trio thread, where nothing can close the handle meanwhile."""
+        handle = req.handle
+        if handle is not None:
+            handle.pin()
         try:
-            count = ops_data.read_into(handle, cmd, channel.output_buffer(cmd))
-        except Exception as exc:
-            self._complete(channel, cmd.tag, status_of(exc), None)
-        else:
-            self._complete(channel, cmd.tag, 0, Reply(data_len=count))
-        return True
+            req.inline = False
+            nursery.start_soon(self._run_threaded, spec, req)
+        except BaseException:
+            if handle is not None:
+                handle.unpin()
+            raise
+        self.threaded_in_flight += 1
 
     def _finish(self, spec: OpSpec, req: Request, status: int, reply: Reply | None) -> None:
         """Complete `req`; an application's change waits until the mounts that cache what

@@ -75,6 +75,11 @@ class Identity:
     groups: tuple[int, ...] = ()
 
 
+#: The caller of an operation that acts as nobody (identity=False in the dispatch table),
+#: which therefore needs no group lookup: it matches no user, so a check against it fails.
+NO_CALLER = Identity(-1, -1)
+
+
 def _set_groups(groups: tuple[int, ...]) -> None:
     array = (ctypes.c_uint32 * len(groups))(*groups)
     if _syscall(SYS_setgroups, ctypes.c_size_t(len(groups)), array) != 0:

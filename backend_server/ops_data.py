@@ -29,7 +29,7 @@ from backend_server.handles import Handle
 from backend_server.names import Use, check_name, fail
 from backend_server.ops_meta import is_special
 from backend_server.wire import U32_MAX, entry_body
-from channel.protocol import Command, pack_body
+from channel.protocol import pack_body
 
 #: open(2) flags a client may ask for; everything else (O_CREAT and O_EXCL outside CREATE,
 #: O_PATH, O_TMPFILE, O_NOCTTY, O_ASYNC, O_CLOEXEC) is dropped, and O_CLOEXEC is added.
@@ -104,21 +104,16 @@ def _file(req: Request) -> Handle:
 
 def read(req: Request) -> Reply:
     cmd = req.cmd
-    return Reply(data_len=read_into(req.file_handle(), cmd, req.channel.output_buffer(cmd)))
-
-
-def read_into(handle: Handle, cmd: Command, out: memoryview) -> int:
-    """READ's work: `cmd.size` bytes at `cmd.offset` of `handle` into `out` (the data buffer);
-    the byte count. Also the backend's inline fast path for small reads."""
-    if handle.is_dir:
-        raise fail(errno.EISDIR)
+    handle = _file(req)
     if cmd.offset > wire.OFF_MAX:
         raise fail(errno.EINVAL)
     if cmd.size == 0:
-        return 0
+        return EMPTY
+    out = req.channel.output_buffer(cmd)
     if len(out) == 0:
         raise fail(errno.EINVAL, "READ needs an output buffer")
-    return os.preadv(handle.fd, [out], cmd.offset)
+    count = os.preadv(handle.fd, [out], cmd.offset)
+    return Reply(data_len=count)
 
 
 def write(req: Request) -> Reply:
