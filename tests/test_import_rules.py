@@ -1,0 +1,359 @@
+"""The import rules between the project's parts, checked on the source with `ast`.
+
+The rules are data (`PARTS`, `ALLOWED_ARROWS`, `KNOWN_CYCLES` below); the checker reads every
+import of every module of channel/, backend_server/ and fusefront/: module-level ones,
+imports inside functions and classes, and those under `if TYPE_CHECKING:`, with relative
+imports resolved against the importing module's package.
+
+What counts as an edge. `import a.b.c` and `from a.b import c` (when `a/b/c.py` exists) are an
+edge to the module `a.b.c`; `from a.b import name` (an attribute) is an edge to `a.b`. The
+parent packages' `__init__` modules that Python runs on the way are not edges: every
+submodule import runs them, so counting them would make any `__init__` that re-exports its
+package's API a circle with its own submodules. Imports of anything outside the three
+packages (the standard library, trio, ...) are ignored.
+
+Layer rule: every edge counts, including function-local and TYPE_CHECKING ones. An
+annotation naming a class of another part is a dependency on that part as much as a call is.
+
+Circles: every edge counts here too. A function-local import or one under TYPE_CHECKING
+avoids the import-time failure of a circle but not the circle itself: the modules still
+cannot be understood, tested or layered apart, which is what the rule protects. Each
+remaining circle must be listed, by the exact edges that close it, in `KNOWN_CYCLES`;
+the test fails on any other circle, and also when a listed edge disappears (then delete its
+row: the exception must not outlive the circle).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: The project's packages, each scanned completely.
+PACKAGES = ("channel", "backend_server", "fusefront")
+
+#: Parts of the code, as module-name prefixes; a module belongs to the part with the longest
+#: matching prefix. The channel's coming split into a sans-I/O protocol layer and a transport
+#: layer adds its subpackages here as parts of their own.
+PARTS = ("channel", "backend_server", "fusefront")
+
+#: The only arrows allowed between two different parts: (importer, imported). A module may
+#: always import modules of its own part. Anything not listed is forbidden, in particular
+#: channel -> fusefront/backend_server and fusefront <-> backend_server.
+ALLOWED_ARROWS = frozenset(
+    {
+        ("backend_server", "channel"),
+        ("fusefront", "channel"),
+    }
+)
+
+#: Circles that exist today, each named by the edges that close it (importer, imported) and
+#: the reason it is tolerated. Removing these edges must leave the graph free of circles.
+KNOWN_CYCLES: Mapping[str, frozenset[tuple[str, str]]] = {
+    # accept_channel (the server's half of the handshake) builds the server-side channel
+    # objects, whose modules import the handshake for PeerCredentials, LENGTH and the
+    # client's connect. The layer split (sans-I/O protocol below, transports above) removes
+    # it: the handshake's pure part moves down, the channel construction moves up.
+    "handshake builds the server channels": frozenset(
+        {
+            ("channel.handshake", "channel.poller"),
+            ("channel.handshake", "channel.socket_transport"),
+        }
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    importer: str
+    imported: str
+    line: int
+    #: "module", "function" (inside a def or class body) or "TYPE_CHECKING"
+    where: str
+
+    def __str__(self) -> str:
+        return f"{self.importer} -> {self.imported} (line {self.line}, {self.where})"
+
+
+def find_modules(root: Path, packages: Iterable[str] = PACKAGES) -> dict[str, Path]:
+    """Every module of `packages` under `root`: dotted name -> file."""
+    modules: dict[str, Path] = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.AST) -> Iterable[tuple[ast.Import | ast.ImportFrom, str]]:
+    """Every import statement in `tree` with where it sits."""
+
+    def visit(node: ast.AST, where: str) -> Iterable[tuple[ast.Import | ast.ImportFrom, str]]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                yield child, where
+            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                yield from visit(child, "function" if where == "module" else where)
+            elif isinstance(child, ast.If) and _is_type_checking(child.test):
+                for stmt in child.body:
+                    yield from visit(ast.Module(body=[stmt], type_ignores=[]), "TYPE_CHECKING")
+                for stmt in child.orelse:
+                    yield from visit(ast.Module(body=[stmt], type_ignores=[]), where)
+            else:
+                yield from visit(child, where)
+
+    yield from visit(tree, "module")
+
+
+def _resolve_base(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    if node.level - 1 > len(package):
+        raise ValueError(f"{module}: relative import beyond the top-level package")
+    anchor = package[: len(package) - (node.level - 1)]
+    return ".".join([*anchor, *([node.module] if node.module else [])])
+
+
+def import_edges(root: Path, packages: Iterable[str] = PACKAGES) -> list[Edge]:
+    """Every import between the project's modules (see the module docstring)."""
+    modules = find_modules(root, packages)
+
+    def owner(name: str) -> str | None:
+        while name:
+            if name in modules:
+                return name
+            name = name.rpartition(".")[0]
+        return None
+
+    edges: list[Edge] = []
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        is_package = path.name == "__init__.py"
+        for node, where in _imports(tree):
+            targets: list[str | None]
+            if isinstance(node, ast.Import):
+                targets = [owner(alias.name) for alias in node.names]
+            else:
+                base = _resolve_base(module, is_package, node)
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in modules else owner(base)
+                    for a in node.names
+                ]
+            for target in dict.fromkeys(targets):
+                if target is not None and target != module:
+                    edges.append(Edge(module, target, node.lineno, where))
+    return edges
+
+
+def part_of(module: str, parts: Iterable[str] = PARTS) -> str:
+    matches = [p for p in parts if module == p or module.startswith(p + ".")]
+    if not matches:
+        raise ValueError(f"{module} belongs to no part; add its package to PARTS")
+    return max(matches, key=len)
+
+
+def forbidden_arrows(edges: Iterable[Edge]) -> list[str]:
+    bad = []
+    for edge in edges:
+        a, b = part_of(edge.importer), part_of(edge.imported)
+        if a != b and (a, b) not in ALLOWED_ARROWS:
+            bad.append(f"{a} may not import {b}: {edge}")
+    return bad
+
+
+def components(edges: Iterable[Edge]) -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan): the circles."""
+    graph = _graph(edges)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[set[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return found
+
+
+def cycles(edges: Iterable[Edge]) -> list[list[str]]:
+    """One concrete circle per component, first module repeated at the end, for messages."""
+    edges = list(edges)
+    graph = _graph(edges)
+    return [_one_circle(graph, component) for component in components(edges)]
+
+
+def _graph(edges: Iterable[Edge]) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for edge in edges:
+        graph.setdefault(edge.importer, set()).add(edge.imported)
+        graph.setdefault(edge.imported, set())
+    return graph
+
+
+def _one_circle(graph: Mapping[str, set[str]], component: set[str]) -> list[str]:
+    """A shortest circle through the component's first module, for the failure message."""
+    start = min(component)
+    paths = {start: [start]}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for v in frontier:
+            for w in sorted(graph[v] & component):
+                if w == start:
+                    return [*paths[v], start]
+                if w not in paths:
+                    paths[w] = [*paths[v], w]
+                    nxt.append(w)
+        frontier = nxt
+    raise AssertionError("a strongly connected component always has a circle")
+
+
+def known_edges() -> set[tuple[str, str]]:
+    return {edge for edges in KNOWN_CYCLES.values() for edge in edges}
+
+
+# -- the project ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def project_edges() -> list[Edge]:
+    return import_edges(REPO)
+
+
+def test_every_module_is_scanned(project_edges: list[Edge]) -> None:
+    modules = find_modules(REPO)
+    assert "channel.protocol" in modules and "fusefront.cli.main" in modules
+    importers = {edge.importer for edge in project_edges}
+    # Every module with a project import shows up: a parse that silently saw nothing fails.
+    assert {"channel.sides", "backend_server.backend", "fusefront.driver"} <= importers
+
+
+def test_no_forbidden_arrows(project_edges: list[Edge]) -> None:
+    bad = forbidden_arrows(project_edges)
+    assert not bad, "imports against the layer rules:\n" + "\n".join(bad)
+
+
+def test_no_import_circles_but_the_known(project_edges: list[Edge]) -> None:
+    exempt = known_edges()
+    remaining = [e for e in project_edges if (e.importer, e.imported) not in exempt]
+    found = cycles(remaining)
+    assert not found, "import circles:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def test_known_circles_are_still_real(project_edges: list[Edge]) -> None:
+    """A listed exception whose edge is gone must be deleted, so it cannot hide a new one."""
+    present = {(e.importer, e.imported) for e in project_edges}
+    stale = sorted(known_edges() - present)
+    assert not stale, f"KNOWN_CYCLES lists edges that no longer exist, remove them: {stale}"
+    # ... and each listed edge really closes a circle (else it is not an exception at all).
+    circles = components(project_edges)
+    for importer, imported in sorted(known_edges()):
+        assert any({importer, imported} <= c for c in circles), (importer, imported)
+
+
+# -- the checker itself, on small trees ----------------------------------------------------
+
+
+def _tree(root: Path, files: Mapping[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+def test_checker_sees_every_kind_of_import(tmp_path: Path) -> None:
+    root = _tree(
+        tmp_path,
+        {
+            "channel/__init__.py": "",
+            "channel/a.py": "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from channel.b import B\n",
+            "channel/b.py": "def f():\n    from . import c\n",
+            "channel/c.py": "import channel.d\n",
+            "channel/d.py": "from .sub import e\nfrom channel import limits_attr\n",
+            "channel/sub/__init__.py": "",
+            "channel/sub/e.py": "from .. import a\nimport os, trio\n",
+        },
+    )
+    edges = {(e.importer, e.imported, e.where) for e in import_edges(root, ["channel"])}
+    assert edges == {
+        ("channel.a", "channel.b", "TYPE_CHECKING"),
+        ("channel.b", "channel.c", "function"),
+        ("channel.c", "channel.d", "module"),
+        ("channel.d", "channel.sub.e", "module"),
+        ("channel.d", "channel", "module"),  # an attribute of the package's __init__
+        ("channel.sub.e", "channel.a", "module"),
+    }
+    assert cycles(import_edges(root, ["channel"])) == [
+        ["channel.a", "channel.b", "channel.c", "channel.d", "channel.sub.e", "channel.a"]
+    ]
+
+
+def test_checker_catches_forbidden_arrows(tmp_path: Path) -> None:
+    root = _tree(
+        tmp_path,
+        {
+            "channel/__init__.py": "",
+            "channel/x.py": "def f():\n    from fusefront import y\n",
+            "fusefront/__init__.py": "",
+            "fusefront/y.py": "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from backend_server.z import Z\nfrom channel import x\n",
+            "backend_server/__init__.py": "",
+            "backend_server/z.py": "from channel.x import f\n",
+        },
+    )
+    bad = forbidden_arrows(import_edges(root))
+    assert len(bad) == 2
+    assert "channel may not import fusefront: channel.x -> fusefront.y" in bad[0] + bad[1]
+    assert any("fusefront may not import backend_server" in b and "TYPE_CHECKING" in b for b in bad)
+
+
+def test_parts_are_matched_by_longest_prefix() -> None:
+    parts = ("channel", "channel.proto", "fusefront")
+    assert part_of("channel.proto.ring", parts) == "channel.proto"
+    assert part_of("channel.protocol", parts) == "channel"  # a prefix of names, not of text
+    with pytest.raises(ValueError):
+        part_of("tests.x", parts)
+
+
+def test_relative_import_beyond_the_top_is_refused(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {"channel/__init__.py": "", "channel/a.py": "from ... import b\n"})
+    with pytest.raises(ValueError, match="beyond"):
+        import_edges(root, ["channel"])
