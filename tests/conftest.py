@@ -1,32 +1,81 @@
 """Suite-wide checks and fixtures.
 
-The suite mounts real FUSE filesystems. If /dev/fuse is unusable the whole run fails at once
-with a clear message: mount tests are never skipped silently.
+Most of the suite mounts real FUSE filesystems. Whenever a collected test needs FUSE and
+/dev/fuse (or fusermount3) is unusable, the whole run fails at once, before any test runs,
+with a clear message and exit code 3: mount tests are never skipped.
+
+Which tests need FUSE is decided at collection, by test module: every module needs it except
+those listed in `WITHOUT_FUSE` (pure protocol, ring and source checks that mount nothing and
+start no driver). A new module is therefore assumed to need FUSE; list it only if none of its
+tests mounts. So `pytest tests/test_protocol.py tests/test_ring.py` runs where FUSE is absent,
+and any run that includes a mount test refuses to start there.
+
+`RINGFS_FUSE_DEVICE` (for the suite's own self-test, `tests/test_fuse_check.py`, only): the
+path checked instead of /dev/fuse. It can only make the check fail, never pass where it would
+not: whatever it names must still be the FUSE character device (10, 229), opened read-write.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
+from pathlib import Path
 
 import pytest
 
+#: Test modules (file names under tests/) that need neither /dev/fuse nor fusermount3.
+WITHOUT_FUSE = frozenset(
+    {
+        "test_protocol.py",
+        "test_ring.py",
+        "test_nodes.py",
+        "test_import_rules.py",
+        "test_docs.py",
+        "test_fuse_check.py",
+    }
+)
+
+#: Linux's FUSE device: misc major 10, minor 229.
+FUSE_DEVICE_NUMBER = os.makedev(10, 229)
+#: Exit status of a run refused for want of FUSE.
+NO_FUSE_EXIT = 3
+
 
 def _fuse_problem() -> str | None:
+    device = os.environ.get("RINGFS_FUSE_DEVICE", "/dev/fuse")
     try:
-        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        st = os.stat(device)
     except OSError as exc:
-        return f"/dev/fuse cannot be opened read-write: {exc}"
+        return f"{device} is missing: {exc}"
+    if not stat.S_ISCHR(st.st_mode) or st.st_rdev != FUSE_DEVICE_NUMBER:
+        return f"{device} is not the FUSE character device (10, 229)"
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"{device} cannot be opened read-write: {exc}"
     os.close(fd)
     if shutil.which("fusermount3") is None:
         return "fusermount3 is not installed (Debian package fuse3)"
     return None
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def needs_fuse(item: pytest.Item) -> bool:
+    return Path(str(item.path)).name not in WITHOUT_FUSE
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """After selection (-k, -m, node ids): refuse to run if a selected test needs FUSE."""
+    if session.config.option.collectonly:
+        return
+    wanting = [item for item in session.items if needs_fuse(item)]
+    if not wanting:
+        return
     problem = _fuse_problem()
     if problem:
+        modules = sorted({Path(str(item.path)).name for item in wanting})
         pytest.exit(
-            f"ringfs tests need a usable FUSE device and refuse to skip mount tests: {problem}",
-            returncode=3,
+            "ringfs tests need a usable FUSE device and refuse to skip mount tests: "
+            f"{problem} (needed by {', '.join(modules)})",
+            returncode=NO_FUSE_EXIT,
         )
