@@ -115,6 +115,30 @@ def _header_table(fmt: str, names: Sequence[str], meanings: dict[str, str]) -> s
 # -- the tables -----------------------------------------------------------------------------
 
 
+def picture() -> str:
+    control_end = layout.CQ_FLAGS + layout.CACHE_LINE - 1
+    client_end = layout.CLIENT_STATS + layout.STATS_BLOCK - 1
+    server_end = layout.SERVER_STATS + layout.STATS_BLOCK - 1
+    identity_end = layout.IDENTITY_OFFSET + layout.IDENTITY.size - 1
+    return "\n".join(
+        [
+            "```",
+            f"offset 0              header page (HEADER_SIZE = {layout.HEADER_SIZE} bytes)",
+            f"  {layout.IDENTITY_OFFSET} .. {identity_end}".ljust(24) + "identity line",
+            f"  {layout.SQ_HEAD} .. {control_end}".ljust(24)
+            + f"ring control words, one per {layout.CACHE_LINE}-byte cache line",
+            f"  {layout.CLIENT_STATS} .. {client_end}".ljust(24)
+            + "client statistics (written by the client only)",
+            f"  {layout.SERVER_STATS} .. {server_end}".ljust(24)
+            + "server statistics (written by the server only)",
+            "HEADER_SIZE           SQ slots: sq_entries x slot_size",
+            "                      CQ slots: cq_entries x slot_size",
+            "next page boundary    data buffers: buf_count x buf_size",
+            "```",
+        ]
+    )
+
+
 def identity_table() -> str:
     names = ["magic", "version", *(f.name for f in dataclasses.fields(Geometry))]
     values = {"magic": f"`{layout.MAGIC!r}`", "version": f"{limits.PROTOCOL_VERSION}"}
@@ -313,6 +337,7 @@ def derived_table() -> str:
 
 
 TABLES: dict[str, Callable[[], str]] = {
+    "picture": picture,
     "identity": identity_table,
     "control": control_table,
     "stats": stats_table,
