@@ -162,7 +162,8 @@ def control_table() -> str:
     for constant, what, writer in words:
         offset = getattr(layout, constant)
         rows.append((f"`{constant}`", what, offset, offset // layout.CACHE_LINE, writer))
-    return _table(("constant", "word (u64)", "offset", "cache line", "written by"), rows)
+    table = _table(("constant", "word (u64)", "offset", "cache line", "written by"), rows)
+    return f"{table}\n\nFlags bit: `NEED_WAKEUP` = {layout.NEED_WAKEUP}."
 
 
 def _stat_rows(cls: type, base: int) -> list[tuple[object, ...]]:
