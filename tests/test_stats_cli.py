@@ -99,6 +99,7 @@ def test_prometheus_exposition_parses_and_matches_the_report(tmp_path: Path) -> 
         cli = ringfs("stats", str(m.path), "--prometheus").stdout
         textfile = tmp_path / "ringfs.prom"
         ringfs("stats", str(m.path), "--textfile", str(textfile))
+        unwritable = ringfs("stats", str(m.path), "--textfile", "/nonexistent/x.prom", check=False)
     (ch,) = report["channels"]
     families = _families(text)
     for name in ("ringfs_channel_commands", "ringfs_channel_sent_bytes",
@@ -122,6 +123,9 @@ def test_prometheus_exposition_parses_and_matches_the_report(tmp_path: Path) -> 
     assert set(_families(cli)) == set(families)
     assert set(_families(textfile.read_text())) == set(families)
     assert not list(tmp_path.glob("ringfs.prom.*"))  # the atomic write left no temporary
+    assert unwritable.returncode == 1
+    assert unwritable.stderr.startswith("ringfs: [Errno 2] No such file or directory")
+    assert unwritable.stderr.count("\n") == 1
 
 
 def test_a_socket_transport_mount_shows_its_channel(tmp_path: Path) -> None:

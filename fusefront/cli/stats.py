@@ -167,10 +167,10 @@ def run(args: argparse.Namespace) -> int:
             if not args.watch:
                 return 0
             time.sleep(stats_watch.PERIOD)  # --watch: the refresh period itself
-    except (MountError, FileNotFoundError) as exc:
-        print(f"ringfs: {exc}", file=sys.stderr)
-        return 1
     except (KeyboardInterrupt, BrokenPipeError):  # ^C, or `ringfs stats --watch | head`
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (no second EPIPE at exit)
         return 0
+    except (MountError, OSError) as exc:  # no such target, or a --textfile we cannot write
+        print(f"ringfs: {exc}", file=sys.stderr)
+        return 1
