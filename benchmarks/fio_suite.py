@@ -20,11 +20,16 @@ rounds, medians), because this machine's speed drifts within minutes: a ratio mu
 runs made seconds apart.
 
 Reported: IOPS, MiB/s, completion latency p50/p99, CPU seconds of the server and the driver
-(or of passthroughfs), ratios; written as markdown, JSON and a PNG chart to
-benchmarks/results/ with the machine description. `--quick` (one round, 1 s per fio job)
-finishes in under three minutes once the passthrough example has been fetched.
+(or of passthroughfs), every round's rate, ratios; written as markdown, JSON and a PNG chart
+to benchmarks/results/ (or `--output DIR`) with the machine description. The chart plots the
+headline ratios against their targets (error bars: the spread of the rounds) above every
+target's rates, the default cache mode highlighted. `--quick` (one round, 1 s per fio job)
+finishes in under three minutes once the passthrough example has been fetched. `--targets`
+and `--jobs` take comma-separated names from the lists above (an unknown one is an error,
+exit 2, before anything runs); `--replot JSON` redraws the chart of an earlier run.
 
     .venv/bin/python benchmarks/fio_suite.py [--quick] [--rounds N] [--targets a,b] [--jobs x,y]
+        [--output DIR] [--replot RESULTS.json]
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fio_chart import draw_chart
 
 from channel.stats import process_cpu_seconds
 
@@ -68,6 +75,7 @@ TARGETS = [
     "tmpfs", "disk", "ringfs-none", "ringfs-auto", "ringfs-always", "ringfs-writeback",
     "ringfs-socket", "passthrough",
 ]  # fmt: skip
+JOBS = [label for label, _, _ in FIO_RUNS] + PY_RUNS
 
 
 @dataclass
@@ -283,7 +291,7 @@ def ratios(results: dict[str, dict[str, dict[str, Any]]], default: str) -> dict[
         return r.get("iops") or r.get("ops_s")
 
     out: dict[str, Any] = {"default_vs_passthrough": {}, "default": default}
-    for job in [label for label, _, _ in FIO_RUNS] + PY_RUNS:
+    for job in JOBS:
         a, b = rate(default, job), rate("passthrough", job)
         if a and b:
             out["default_vs_passthrough"][job] = round(a / b, 2)
@@ -296,11 +304,11 @@ def ratios(results: dict[str, dict[str, dict[str, Any]]], default: str) -> dict[
     return out
 
 
-def write_reports(report: dict[str, Any], suffix: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"fio_suite{suffix}.json").write_text(json.dumps(report, indent=1))
+def write_reports(report: dict[str, Any], suffix: str, output: Path = RESULTS) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"fio_suite{suffix}.json").write_text(json.dumps(report, indent=1))
     targets = list(report["results"])
-    jobs = [label for label, _, _ in FIO_RUNS] + PY_RUNS
+    jobs = JOBS
     lines = [
         f"# fio suite ({report['mode']}), {report['date']}",
         "",
@@ -327,30 +335,8 @@ def write_reports(report: dict[str, Any], suffix: str) -> None:
                 cells.append("-")
         lines.append(f"| {job} | " + " | ".join(cells) + " |")
     lines += ["", "Ratios:", "", "```", json.dumps(report["ratios"], indent=1), "```"]
-    (RESULTS / f"fio_suite{suffix}.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no chart)")
-        return
-    fig, ax = plt.subplots(figsize=(13, 6))
-    width = 0.8 / len(targets)
-    for i, t in enumerate(targets):
-        values = []
-        for job in jobs:
-            r = report["results"][t].get(job, {})
-            values.append(r.get("iops") or r.get("ops_s") or 0)
-        ax.bar([j + i * width for j in range(len(jobs))], values, width, label=t)
-    ax.set_xticks([j + 0.4 for j in range(len(jobs))], jobs, rotation=35, ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("IOPS / operations per second (log)")
-    ax.set_title(f"ringfs fio suite ({report['mode']})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"fio_suite{suffix}.png", dpi=110)
+    (output / f"fio_suite{suffix}.md").write_text("\n".join(lines) + "\n")
+    draw_chart(report, output / f"fio_suite{suffix}.png")
 
 
 def machine() -> str:
@@ -376,24 +362,57 @@ def target(
     return mounted(name, export, base)
 
 
+def _rate(r: dict[str, Any]) -> float | None:
+    rate: float | None = r.get("iops") or r.get("ops_s")
+    return rate
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median rate (its latencies and CPU come with it); errors lose."""
+    """The run with the median rate (its latencies and CPU come with it); errors lose.
+    `round_rates` keeps every round's rate in round order (None for a failed round)."""
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return runs[-1]
-    ok.sort(key=lambda r: r.get("iops") or r.get("ops_s") or 0)
-    return {**ok[len(ok) // 2], "rounds": len(ok)}
+    ok.sort(key=lambda r: _rate(r) or 0)
+    return {**ok[len(ok) // 2], "rounds": len(ok), "round_rates": [_rate(r) for r in runs]}
+
+
+def selection(
+    parser: argparse.ArgumentParser, value: str, known: list[str], what: str
+) -> list[str]:
+    """The comma-separated names in `value`, each one of `known` (else a usage error, exit 2)."""
+    names = list(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        given = f"unknown {what} {', '.join(unknown)}" if unknown else f"no {what} given"
+        parser.error(f"{given}; valid {what}s: {', '.join(known)}")
+    return names
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short runs, under three minutes")
-    p.add_argument("--targets", default=",".join(TARGETS))
-    p.add_argument("--jobs", default=",".join([label for label, _, _ in FIO_RUNS] + PY_RUNS))
+    p.add_argument("--targets", default=",".join(TARGETS), help="of: " + ", ".join(TARGETS))
+    p.add_argument("--jobs", default=",".join(JOBS), help="of: " + ", ".join(JOBS))
     p.add_argument("--rounds", type=int, help="runs of each job per target (median reported)")
+    p.add_argument("--output", type=Path, default=RESULTS, help="where results go (%(default)s)")
+    p.add_argument("--replot", type=Path, metavar="JSON", help="only redraw this run's chart")
     args = p.parse_args()
-    targets = args.targets.split(",")
-    jobs = [j for j in [label for label, _, _ in FIO_RUNS] + PY_RUNS if j in args.jobs.split(",")]
+    if args.replot is not None:
+        try:
+            report = json.loads(args.replot.read_text())
+        except (OSError, ValueError) as exc:
+            p.error(f"--replot {args.replot}: {exc}")
+        args.output.mkdir(parents=True, exist_ok=True)
+        chart = args.output / args.replot.with_suffix(".png").name
+        draw_chart(report, chart)
+        print(f"fio_suite: chart={chart}")
+        return 0
+    targets = selection(p, args.targets, TARGETS, "target")
+    wanted = selection(p, args.jobs, JOBS, "job")
+    jobs = [j for j in JOBS if j in wanted]
+    if args.rounds is not None and args.rounds < 1:
+        p.error(f"--rounds {args.rounds}: at least one round")
     # Data files are 64 MiB in full mode too: this VM pages out memory left idle for about a
     # minute (a DAMON pageout scheme, see results/MACHINE.md), and with 256 MiB files for
     # eight targets warm files were paged out between warm-up and run (4,607 IOPS where the
@@ -451,8 +470,8 @@ def main() -> int:
         "results": results,
         "ratios": ratios(results, default),
     }
-    write_reports(report, "-quick" if args.quick else "")
-    print((RESULTS / f"fio_suite{'-quick' if args.quick else ''}.md").read_text())
+    write_reports(report, "-quick" if args.quick else "", args.output)
+    print((args.output / f"fio_suite{'-quick' if args.quick else ''}.md").read_text())
     worst = min(report["ratios"]["default_vs_passthrough"].values(), default=0.0)
     print(f"fio_suite: default_vs_passthrough_min={worst:.2f}")
     return 0

@@ -111,3 +111,27 @@ def process_cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: The counters of a `read_stats` snapshot that `rates` turns into per-second rates.
+RATE_COUNTERS = {
+    "commands": ("commands",),
+    "bytes_out": ("bytes_out",),
+    "bytes_in": ("bytes_in",),
+    "wakeups": ("wakeups_sent_by_client", "wakeups_sent_by_server"),
+    "errors": ("errors",),
+}
+
+
+def rates(before: dict[str, Any], after: dict[str, Any], seconds: float) -> dict[str, float]:
+    """Per-second rates between two `read_stats` snapshots of one channel taken `seconds`
+    apart. A counter that went down belongs to a new channel in the old one's place: its
+    whole value is counted as new."""
+    if seconds <= 0:
+        raise ValueError(f"snapshots must be taken some time apart, not {seconds} s")
+    out = {}
+    for rate, counters in RATE_COUNTERS.items():
+        now = sum(after[c] for c in counters)
+        then = sum(before[c] for c in counters)
+        out[rate] = (now - then if now >= then else now) / seconds
+    return out

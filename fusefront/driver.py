@@ -24,6 +24,7 @@ from channel.protocol import unpack_body
 from fusefront.cache import CacheMode
 from fusefront.link import OperationLost
 from fusefront.nodes import NodeTable
+from fusefront.presentation import Presentation
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,12 @@ class RingOperations(pyfuse3.Operations):
         *,
         writeback: bool = False,
         info: Callable[[], bytes] = lambda: b"{}",
+        presentation: Presentation | None = None,
     ) -> None:
         super().__init__()
         self.client = client
         self.cache = cache
+        self.presentation = presentation or Presentation()
         self.enable_writeback_cache = writeback
         self._info = info
         #: inode -> until when it is known to carry no security.capability. The kernel asks
@@ -133,9 +136,10 @@ class RingOperations(pyfuse3.Operations):
         (
             a.st_ino, a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_size,
             a.st_blocks, a.st_blksize, a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns,
-        ) = fields  # fmt: skip
+        ) = self.presentation.apply(fields)  # fmt: skip
         a.generation = generation
-        a.entry_timeout = a.attr_timeout = self.cache.timeout
+        a.entry_timeout = self.cache.entry_timeout
+        a.attr_timeout = self.cache.attr_timeout
         return a
 
     def _entry(self, body: Any, parent: int, name: bytes) -> pyfuse3.EntryAttributes:

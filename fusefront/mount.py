@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyfuse3
@@ -58,6 +58,8 @@ class DriverInfo:
     owns_server: bool
     #: where applications ask for a channel of their own (see fusefront.control)
     control_socket: str = ""
+    #: the mount options in force (MountOptions.describe): cache mode, timeouts, transport...
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__).encode()
@@ -156,6 +158,11 @@ class Supervisor:
         stop_server(self.proc)
 
 
+def mount_source(socket_path: str, supervisor: Supervisor | None) -> str:
+    """The default fsname: the export when we serve it, else the server's socket."""
+    return supervisor.export if supervisor is not None else socket_path
+
+
 async def serve_mount(
     socket_path: str,
     mountpoint: str,
@@ -178,13 +185,19 @@ async def serve_mount(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(link.run)
-            ops = RingOperations(link, opts.cache, writeback=opts.writeback, info=info.to_json)
+            ops = RingOperations(
+                link,
+                opts.cache,
+                writeback=opts.writeback,
+                info=info.to_json,
+                presentation=opts.presentation,
+            )
             link.restore = ops.restore
             if opts.transport == "shm":
                 control = ControlSocket(control_socket_path(socket_path), socket_path)
                 await nursery.start(control.serve)
                 info.control_socket = control.path
-            fuse_options = opts.fuse_options()
+            fuse_options = opts.fuse_options(mount_source(socket_path, supervisor))
             if opts.debug:
                 fuse_options.add("debug")
             pyfuse3.init(ops, mountpoint, fuse_options)
@@ -229,7 +242,11 @@ def run_driver(
     supervisor = Supervisor(export, socket_path, opts.debug) if export else None
     try:
         info = DriverInfo(
-            os.getpid(), supervisor.proc.pid if supervisor else 0, socket_path, bool(supervisor)
+            os.getpid(),
+            supervisor.proc.pid if supervisor else 0,
+            socket_path,
+            bool(supervisor),
+            options=opts.describe(mount_source(socket_path, supervisor)),
         )
         try:
             trio.run(serve_mount, socket_path, mountpoint, opts, info, ready, supervisor)

@@ -1,15 +1,28 @@
 """Mount options: what `-o` means, split into ours and the ones passed on to FUSE.
 
-Ours: `cache=none|auto|always`, `writeback`, `transport=shm|socket`, `debug`. Everything else
-(`allow_other`, `default_permissions`, `ro`, `fsname=`, ...) goes to the kernel as sshfs users
-expect.
+Ours: `cache=none|auto|always`, `writeback`, `transport=shm|socket`, `debug`, and the
+presentation and timeout options sshfs users reach for: `uid=N`, `gid=N`, `umask=NNN` (see
+fusefront.presentation), `entry_timeout=S`, `attr_timeout=S` (override the cache mode's).
+Everything else (`allow_other`, `default_permissions`, `ro`, `fsname=`, ...) goes to the
+kernel as sshfs users expect.
+
+`fsname=` defaults to the export (or, for `ringfs mount SOCKET`, the server's socket), so
+`df` and /proc/mounts tell two mounts apart; the subtype carries the cache mode
+(`fuse.ringfs.auto`, `fuse.ringfs.none.writeback`): /proc/mounts shows a FUSE mount's source,
+type and only the options the kernel itself knows, so the type is where the mode can show.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from fusefront.cache import CACHE_MODES, DEFAULT_CACHE_MODE, CacheMode
+from fusefront.presentation import Presentation
+
+#: The largest id a uid= or gid= may present: (uid_t)-1 means "no change" to the kernel.
+MAX_ID = 2**32 - 2
 
 
 class OptionError(ValueError):
@@ -23,11 +36,13 @@ class MountOptions:
     transport: str = "shm"
     debug: bool = False
     fuse: set[str] = field(default_factory=set)
+    presentation: Presentation = field(default_factory=Presentation)
 
     @classmethod
     def parse(cls, groups: list[str] | None) -> MountOptions:
         """Parse the values of every `-o` given (each a comma-separated list)."""
         opts = cls()
+        timeouts: dict[str, float] = {}
         for group in groups or []:
             for item in filter(None, (part.strip() for part in group.split(","))):
                 key, _, value = item.partition("=")
@@ -45,12 +60,70 @@ class MountOptions:
                     opts.transport = value
                 elif key == "debug":
                     opts.debug = True
+                elif key in ("entry_timeout", "attr_timeout"):
+                    timeouts[key] = _seconds(key, value)
+                elif key in ("uid", "gid", "umask"):
+                    opts._present(key, value)
                 else:
                     opts.fuse.add(item)
+        opts.cache = opts.cache.with_timeouts(
+            timeouts.get("entry_timeout"), timeouts.get("attr_timeout")
+        )
         return opts
 
-    def fuse_options(self) -> set[str]:
-        fuse = {"fsname=ringfs", "subtype=ringfs"} | self.fuse
+    def _present(self, key: str, value: str) -> None:
+        try:
+            number = int(value, 8 if key == "umask" else 10)
+        except ValueError:
+            number = -1
+        limit = 0o777 if key == "umask" else MAX_ID
+        if not 0 <= number <= limit:
+            expected = "an octal mode 0-777" if key == "umask" else f"a number 0-{MAX_ID}"
+            raise OptionError(f"{key}={value}: expected {expected}")
+        p = self.presentation
+        self.presentation = Presentation(
+            uid=number if key == "uid" else p.uid,
+            gid=number if key == "gid" else p.gid,
+            umask=number if key == "umask" else p.umask,
+        )
+
+    def subtype(self) -> str:
+        return ".".join(["ringfs", self.cache.name] + (["writeback"] if self.writeback else []))
+
+    def fuse_options(self, source: str = "ringfs") -> set[str]:
+        """What pyfuse3.init is given; `source` (the export, or the server socket) is the
+        default fsname. Commas and backslashes are escaped for libfuse's option parser."""
+        fuse = {f"subtype={self.subtype()}"} | self.fuse
         if not any(o.startswith("fsname=") for o in self.fuse):
-            return fuse
-        return fuse - {"fsname=ringfs"}
+            fuse.add("fsname=" + source.replace("\\", "\\\\").replace(",", "\\,"))
+        return fuse
+
+    def fsname(self, source: str) -> str:
+        given = (o.partition("=")[2] for o in self.fuse if o.startswith("fsname="))
+        return next(given, source)
+
+    def describe(self, source: str) -> dict[str, Any]:
+        """The options in force, as `ringfs stats` shows them (through user.ringfs.info)."""
+        p = self.presentation
+        return {
+            "fsname": self.fsname(source),
+            "cache": self.cache.name,
+            "entry_timeout": self.cache.entry_timeout,
+            "attr_timeout": self.cache.attr_timeout,
+            "writeback": self.writeback,
+            "transport": self.transport,
+            "uid": p.uid,
+            "gid": p.gid,
+            "umask": None if p.umask is None else f"{p.umask:03o}",
+            "subtype": self.subtype(),
+        }
+
+
+def _seconds(key: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise OptionError(f"{key}={value}: expected a number of seconds >= 0")
+    return seconds
