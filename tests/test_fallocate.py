@@ -11,9 +11,10 @@ no such method), so libfuse answers FUSE_FALLOCATE with ENOSYS, which the kernel
 EOPNOTSUPP and remembers for the mount (`fc->no_fallocate`). libfuse 3.14 does not know
 FUSE_TMPFILE (opcode 51, Linux 6.1) at all, so O_TMPFILE meets the same ENOSYS and
 `fc->no_tmpfile`. Even with a handler, Linux's FUSE client (6.18 here, checked on fresh
-debug mounts) forwards only the default mode, KEEP_SIZE, PUNCH_HOLE and ZERO_RANGE: it refuses
-COLLAPSE_RANGE, INSERT_RANGE and UNSHARE_RANGE itself. These tests pin that behaviour; when the binding can carry the requests,
-the mount tests are the ones to turn around (see README, "What fails and how").
+debug mounts) forwards only the default mode, KEEP_SIZE, PUNCH_HOLE and ZERO_RANGE: it
+refuses COLLAPSE_RANGE, INSERT_RANGE and UNSHARE_RANGE itself. These tests pin that
+behaviour; when the binding can carry the requests, the mount tests are the ones to turn
+around (see README, "When things fail").
 """
 
 from __future__ import annotations
