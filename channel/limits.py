@@ -18,6 +18,13 @@ MAX_RING_ENTRIES = 4096
 MIN_SLOT_SIZE = 256
 MAX_SLOT_SIZE = 64 * 1024
 
+#: The driver channel's slots. 8 KiB holds every fixed-shape command the driver sends (a
+#: symlink target of PATH_MAX plus a name; the kernel looks a name up before it renames to
+#: it or links it, and the server refuses names over NAME_MAX, so two long names never meet
+#: in one body); commands that grow with the kernel's request (BATCH_FORGET, RESTORE_INODES)
+#: are split into bodies that fit (fusefront.bodies).
+DRIVER_SLOT_SIZE = 8 * 1024
+
 #: Data buffers hold bulk payloads. 1 MiB is FUSE's largest read/write with max_pages=256.
 MIN_BUFFER_SIZE = 4096
 MAX_BUFFER_SIZE = 4 * 1024 * 1024

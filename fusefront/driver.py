@@ -21,7 +21,9 @@ from channel.errors import ChannelClosed
 from channel.limits import MAX_RESTORE_BATCH, XATTR_SIZE_MAX
 from channel.opcodes import Op, readdir_page_ends
 from channel.protocol import unpack_body
+from fusefront.bodies import RESTORE_BODY_BYTES, forget_bodies
 from fusefront.cache import CacheMode
+from fusefront.guard import answer_every_request
 from fusefront.link import OperationLost
 from fusefront.nodes import NodeTable
 from fusefront.presentation import Presentation
@@ -34,8 +36,6 @@ INFO_XATTR = b"user.ringfs.info"
 CAPABILITY_XATTR = b"security.capability"
 #: renameat2's flag: the two names swap their objects.
 RENAME_EXCHANGE = 2
-#: Bytes of RESTORE_INODES bodies: they must fit the driver channel's 8 KiB slots.
-RESTORE_BODY_BYTES = 7 * 1024
 #: Bytes of directory entries asked for per READDIR command.
 READDIR_PAGE = 64 * 1024
 
@@ -68,8 +68,11 @@ def _ctx_fields(ctx: pyfuse3.RequestContext) -> dict[str, int]:
     return {"uid": ctx.uid, "gid": ctx.gid, "pid": ctx.pid, "umask": ctx.umask}
 
 
+@answer_every_request
 class RingOperations(pyfuse3.Operations):
-    """Every operation is one round trip on the driver channel."""
+    """Every operation is one round trip on the driver channel (a kernel request too large
+    for one command is split, see fusefront.bodies). No handler's exception ends the driver:
+    see fusefront.guard."""
 
     supports_dot_lookup = True
 
@@ -176,7 +179,8 @@ class RingOperations(pyfuse3.Operations):
 
     async def _give_back(self, inode_list: Sequence[tuple[int, int]]) -> None:
         with contextlib.suppress(ChannelClosed):
-            await self.client.call(Op.BATCH_FORGET, [list(pair) for pair in inode_list])
+            for body in forget_bodies(inode_list):
+                await self.client.call(Op.BATCH_FORGET, body)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Any:
         reply = await self._call(Op.GETATTR, ino=inode, **_ctx_fields(ctx))

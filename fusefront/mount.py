@@ -25,6 +25,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from channel import limits
 from channel.client import TrioClient
 from channel.layout import Geometry
 from channel.socket_transport import SocketTrioClient
@@ -38,7 +39,9 @@ from fusefront.options import MountOptions
 log = logging.getLogger(__name__)
 
 #: The driver channel: many FUSE requests in flight, each with a 1 MiB data buffer.
-DRIVER_GEOMETRY = Geometry(sq_entries=256, cq_entries=256, slot_size=8192, buf_count=64)
+DRIVER_GEOMETRY = Geometry(
+    sq_entries=256, cq_entries=256, slot_size=limits.DRIVER_SLOT_SIZE, buf_count=64
+)
 #: Seconds `up` waits for its server's socket, and `umount` for processes to exit.
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
