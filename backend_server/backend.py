@@ -171,10 +171,13 @@ class Backend:
             if self.closed:
                 raise fail(errno.ESHUTDOWN)
             session = self._session(channel)
-            caller = self._caller(session, cmd) if spec.identity else NO_CALLER
-            req = Request(self.table, session, channel, cmd, caller)
+            acts = spec.identity and not spec.opener
+            caller = self._caller(session, cmd) if acts else NO_CALLER
+            req = Request(self.table, session, channel, cmd, caller, self.identity)
             if spec.handle:
                 req.handle = session.handle(cmd.fh)
+                if spec.opener:
+                    req.caller = req.handle.opener or self.identity.server
         except BaseException as exc:
             self._complete(channel, cmd.tag, status_of(exc), None)
             if not isinstance(exc, Exception):

@@ -10,7 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from backend_server.handles import Handle
-from backend_server.identity import Identity
+from backend_server.identity import Identity, Switcher
 from backend_server.inodes import Inode, InodeTable
 from backend_server.wire import entry_body
 from channel.protocol import Command
@@ -31,7 +31,7 @@ EMPTY = Reply()
 
 
 class Request:
-    __slots__ = ("caller", "channel", "cmd", "handle", "inline", "session", "table")
+    __slots__ = ("caller", "channel", "cmd", "handle", "identity", "inline", "session", "table")
 
     def __init__(
         self,
@@ -40,12 +40,15 @@ class Request:
         channel: Any,
         cmd: Command,
         caller: Identity,
+        identity: Switcher,
     ) -> None:
         self.table = table
         self.session = session
         self.channel = channel
         self.cmd = cmd
         self.caller = caller
+        #: the thread's identity switcher (an operation acting as `caller` may step out)
+        self.identity = identity
         #: The handle named by cmd.fh, resolved and pinned by the dispatcher for the
         #: operations that use one (None otherwise).
         self.handle: Handle | None = None

@@ -83,6 +83,8 @@ class OpSpec:
     threaded: Callable[[Request], bool] = _never
     #: what a successful command changed, for the mount's caches (see coherence)
     changes: Callable[[Request], list[Notice]] | None = None
+    #: the caller is whoever opened the handle, not the command's header (see WRITE)
+    opener: bool = False
 
 
 def _spec(
@@ -92,8 +94,9 @@ def _spec(
     handle: bool = False,
     threaded: Callable[[Request], bool] = _never,
     changes: Callable[[Request], list[Notice]] | None = None,
+    opener: bool = False,
 ) -> OpSpec:
-    return OpSpec(run, identity, handle, threaded, changes)
+    return OpSpec(run, identity, handle, threaded, changes, opener)
 
 
 # -- what a successful command changed (see coherence) ---------------------------------------
@@ -139,9 +142,15 @@ OPS: dict[int, OpSpec] = {
     Op.OPEN: _spec(ops_data.open_),
     Op.CREATE: _spec(ops_data.create, changes=_entry_changed),
     Op.READ: _spec(ops_data.read, identity=False, handle=True, threaded=_large_read),
-    # WRITE acts as the caller: the kernel clears setuid/setgid on write unless the writer
-    # has CAP_FSETID, which the server itself has.
-    Op.WRITE: _spec(ops_data.write, handle=True, threaded=_large_write, changes=_inode_changed),
+    # WRITE acts as whoever opened the handle: the export's kernel then clears setuid and
+    # setgid on the write by its own rules (setuid always, setgid if group-executable or the
+    # writer is not in the file's group, unless the writer has CAP_FSETID, as the server
+    # itself has). pyfuse3 does not say who a FUSE WRITE comes from (its header is the
+    # writing process for a write-through, anyone for a write-back), and libfuse 3.14 does
+    # not pass on FUSE_WRITE_KILL_SUIDGID; the opener is who Linux checked at open.
+    Op.WRITE: _spec(
+        ops_data.write, handle=True, threaded=_large_write, changes=_inode_changed, opener=True
+    ),
     Op.FLUSH: _spec(ops_data.flush, identity=False, handle=True),
     Op.RELEASE: _spec(ops_data.release, identity=False),
     Op.FSYNC: _spec(ops_data.fsync, identity=False, handle=True, threaded=_always),

@@ -9,20 +9,27 @@ is released (RELEASE, or its channel ending) while pinned closes its descriptor 
 last user unpins it. Without that, a RELEASE or a channel teardown racing a slow FSYNC could
 close the descriptor and let the kernel reuse its number for an unrelated file under the
 worker's feet. Pins are taken and dropped in the trio thread only.
+
+A file handle remembers who opened it (`opener`): WRITE acts as that identity (see
+`dispatch.OPS`), because a FUSE WRITE does not say who writes.
 """
 
 from __future__ import annotations
 
 import os
 
+from backend_server.identity import Identity
+
 
 class Handle:
-    __slots__ = ("closed", "fd", "ino", "is_dir", "snapshot", "users")
+    __slots__ = ("closed", "fd", "ino", "is_dir", "opener", "snapshot", "users")
 
-    def __init__(self, fd: int, ino: int, *, is_dir: bool) -> None:
+    def __init__(self, fd: int, ino: int, *, is_dir: bool, opener: Identity | None = None) -> None:
         self.fd = fd
         self.ino = ino
         self.is_dir = is_dir
+        #: who opened it; None for a handle restored after a server restart (not recorded)
+        self.opener = opener
         #: Directory listing taken at the last READDIR from offset 0 (names, in order).
         self.snapshot: list[bytes] | None = None
         self.users = 0

@@ -42,11 +42,13 @@ chown to anyone else fails with EPERM, as the kernel says.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from backend_server.names import fail
@@ -73,6 +75,9 @@ class Identity:
     uid: int
     gid: int
     groups: tuple[int, ...] = ()
+
+    def in_group(self, gid: int) -> bool:
+        return gid == self.gid or gid in self.groups
 
 
 #: The caller of an operation that acts as nobody (identity=False in the dispatch table),
@@ -182,6 +187,19 @@ class Switcher:
         if current.groups != server.groups:
             _set_groups(server.groups)
         self._current.identity = None
+
+    @contextlib.contextmanager
+    def as_server(self) -> Iterator[None]:
+        """Within an operation acting as a caller: the server's own identity for a moment,
+        for the one step Linux grants that caller but the export's kernel would refuse to
+        its fs credentials (see `ops_meta.setattr_`)."""
+        caller = self._current.identity
+        self.restore()
+        try:
+            yield
+        finally:
+            if caller is not None:
+                self.become(caller)
 
     def _reset(self) -> None:
         server = self.server

@@ -68,7 +68,7 @@ def open_(req: Request) -> Reply:
     except BaseException:
         os.close(fd)
         raise
-    fh = req.session.add_handle(Handle(fd, inode.number, is_dir=inode.is_dir))
+    fh = req.session.add_handle(Handle(fd, inode.number, is_dir=inode.is_dir, opener=req.caller))
     return Reply(pack_body(state), value=fh)
 
 
@@ -91,7 +91,7 @@ def create(req: Request) -> Reply:
     except BaseException:
         os.close(fd)
         raise
-    fh = req.session.add_handle(Handle(fd, inode.number, is_dir=False))
+    fh = req.session.add_handle(Handle(fd, inode.number, is_dir=False, opener=req.caller))
     return Reply(entry_body(inode.number, st), value=fh)
 
 

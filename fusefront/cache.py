@@ -1,10 +1,10 @@
 """Cache modes, as virtio-fs names them: how long the kernel may trust what the driver told it.
 
-| mode   | entry/attr timeout | page cache across opens          | direct I/O |
-|--------|--------------------|----------------------------------|------------|
-| none   | 0 s                | dropped                          | yes        |
-| auto   | 1 s                | kept only if the file is unchanged | no       |
-| always | 1 day              | kept                             | no         |
+| mode   | entry/attr timeout | page cache across opens          | direct I/O        |
+|--------|--------------------|----------------------------------|-------------------|
+| none   | 0 s                | dropped                          | write-only opens  |
+| auto   | 1 s                | kept only if the file is unchanged | no              |
+| always | 1 day              | kept                             | no                |
 
 `none` sends every operation to the server (coherent with other writers of the export);
 `always` lets the kernel answer repeated reads and stats itself (fast, trusts that nobody
@@ -16,11 +16,26 @@ change, and no one can set it back). Writeback caching is a separate option (`-o
 
 `-o entry_timeout=S` and `-o attr_timeout=S` override a mode's two timeouts, as sshfs's options
 of those names do (`with_timeouts`); the rest of the mode stays.
+
+Why `none` uses direct I/O (FOPEN_DIRECT_IO) only for write-only opens: the kernel refuses
+MAP_SHARED (read-only or writable) on a direct-I/O handle with ENODEV unless the server
+negotiated FUSE_DIRECT_IO_ALLOW_MMAP, which libfuse 3.14 cannot ask for; sqlite, LMDB and
+every `mmap.mmap(fd, ...)` need it. A handle that can be mapped (one opened for reading) goes
+through the page cache instead, and stays coherent with the export by three things: its
+pages are dropped at every open (no keep_cache); attributes never outlive their reply
+(timeout 0), so the kernel sends GETATTR before every read(2); and with
+FUSE_AUTO_INVAL_DATA, which libfuse negotiates, a GETATTR that shows a new size or mtime
+drops the pages. So a read sees any change the export made before it (the export's
+multigrain timestamps give a write after a GETATTR a new mtime even within one clock tick);
+a mapping sees it at the next read, stat or open of the file through the mount. A
+write-only handle can never be mapped, and direct I/O keeps its writes one round trip each
+(a write through the page cache also asks for `security.capability`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 
 
@@ -31,7 +46,8 @@ class CacheMode:
     entry_timeout: float
     attr_timeout: float
     keep_cache: bool
-    direct_io: bool
+    #: FOPEN_DIRECT_IO for handles opened write-only (see the module docstring)
+    direct_writes: bool
     #: keep the page cache of a file that is unchanged since it was last closed here
     keep_unchanged: bool = False
 
@@ -51,10 +67,14 @@ class CacheMode:
             attr_timeout=self.attr_timeout if attr is None else attr,
         )
 
+    def direct_io(self, flags: int) -> bool:
+        """Does a handle opened with `flags` bypass the page cache?"""
+        return self.direct_writes and flags & os.O_ACCMODE == os.O_WRONLY
+
 
 CACHE_MODES = {
-    "none": CacheMode("none", 0.0, 0.0, keep_cache=False, direct_io=True),
-    "auto": CacheMode("auto", 1.0, 1.0, keep_cache=False, direct_io=False, keep_unchanged=True),
-    "always": CacheMode("always", 86400.0, 86400.0, keep_cache=True, direct_io=False),
+    "none": CacheMode("none", 0.0, 0.0, keep_cache=False, direct_writes=True),
+    "auto": CacheMode("auto", 1.0, 1.0, keep_cache=False, direct_writes=False, keep_unchanged=True),
+    "always": CacheMode("always", 86400.0, 86400.0, keep_cache=True, direct_writes=False),
 }
 DEFAULT_CACHE_MODE = "auto"

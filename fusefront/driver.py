@@ -152,9 +152,11 @@ class RingOperations(pyfuse3.Operations):
         self.nodes.learned(entry.st_ino, parent, name)
         return entry
 
-    def _file_info(self, fh: int, keep_cache: bool = False) -> pyfuse3.FileInfo:
+    def _file_info(self, fh: int, flags: int, keep_cache: bool = False) -> pyfuse3.FileInfo:
         return pyfuse3.FileInfo(
-            fh=fh, direct_io=self.cache.direct_io, keep_cache=self.cache.keep_cache or keep_cache
+            fh=fh,
+            direct_io=self.cache.direct_io(flags),
+            keep_cache=self.cache.keep_cache or keep_cache,
         )
 
     def _unchanged(self, inode: int, attr: Sequence[int] | None) -> bool:
@@ -273,7 +275,7 @@ class RingOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> Any:
         reply = await self._call(Op.OPEN, [flags], ino=inode, **_ctx_fields(ctx))
         self.nodes.opened(reply.value, inode, flags)
-        return self._file_info(reply.value, self._unchanged(inode, reply.body))
+        return self._file_info(reply.value, flags, self._unchanged(inode, reply.body))
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
@@ -283,7 +285,7 @@ class RingOperations(pyfuse3.Operations):
         )
         entry = self._entry(reply.body, parent_inode, name)
         self.nodes.opened(reply.value, entry.st_ino, flags)
-        return self._file_info(reply.value), entry
+        return self._file_info(reply.value, flags), entry
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         reply = await self._call(Op.READ, fh=fh, offset=off, size=size, read_size=size)

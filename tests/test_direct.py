@@ -214,7 +214,7 @@ def test_unmount_ends_every_application_channel(world: Path) -> None:
         fs.shutdown()
 
 
-@pytest.mark.parametrize("cache", ["auto", "always"])
+@pytest.mark.parametrize("cache", ["none", "auto", "always"])
 def test_what_the_application_writes_the_mount_shows_at_once(world: Path, cache: str) -> None:
     with ringfs_mount(world, f"cache={cache}") as m:
         f = m.path / "f"

@@ -966,6 +966,39 @@ def test_write_and_chown_clear_setuid(nobody: FS, server: ServerProcess) -> None
     assert os.lstat(mine).st_mode & stat.S_ISUID == 0
 
 
+def test_write_acts_as_the_opener_and_only_a_writer_may_clear_setuid(
+    nobody: FS, server: ServerProcess
+) -> None:
+    """The driver's WRITE carries no caller (uid 0 in its header): the server writes as the
+    handle's opener, so the export clears setuid. The kernel's own request to clear the bits
+    (a chmod by a non-owner) is granted for exactly those bits, to a caller who may write."""
+    fs = nobody
+    base = server.export / f"killpriv-{os.getpid()}-{time.monotonic_ns()}"
+    base.mkdir(mode=0o755)
+    modes = {"written": 0o4766, "writable": 0o4666, "sgid": 0o2666, "readonly": 0o4644}
+    for name, mode in modes.items():
+        (base / name).write_text("x")
+        (base / name).chmod(mode)  # owned by root
+    b = fs.ino(base.name.encode())
+    ino = {name: _entry_ino(fs.lookup(b, name.encode())) for name in modes}
+
+    def mode_of(name: str) -> int:
+        return stat.S_IMODE(os.lstat(base / name).st_mode)
+
+    fh = fs.ok(Op.OPEN, [os.O_WRONLY], ino=ino["written"]).value
+    assert fs.call(Op.WRITE, data=b"y", fh=fh, offset=0, uid=0, gid=0).value == 1
+    fs.ok(Op.RELEASE, fh=fh)
+    assert mode_of("written") == 0o766
+    # more than the bits a write clears, or bits added: the owner's business (EPERM)
+    assert fs.setattr(ino["writable"], mode=0o066).status == -errno.EPERM
+    assert fs.setattr(ino["writable"], mode=0o4667).status == -errno.EPERM
+    assert fs.setattr(ino["readonly"], mode=0o644).status == -errno.EPERM  # may not write
+    assert (mode_of("writable"), mode_of("readonly")) == (0o4666, 0o4644)
+    fs.ok(Op.SETATTR, {"mode": 0o666}, ino=ino["writable"])
+    fs.ok(Op.SETATTR, {"mode": 0o666}, ino=ino["sgid"])  # not in its group: a write clears it
+    assert (mode_of("writable"), mode_of("sgid")) == (0o666, 0o666)
+
+
 def test_supplementary_groups_count(server: ServerProcess) -> None:
     base = server.export / f"groups-{time.monotonic_ns()}"
     base.mkdir(mode=0o755)

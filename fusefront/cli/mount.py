@@ -19,7 +19,8 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="OPTS",
         help="comma-separated: cache=none|auto|always, writeback, transport=shm|socket, debug, "
-        "and FUSE options (allow_other, default_permissions, ro, ...)",
+        "noallow_other, nodefault_permissions (opting out of the defaults: default_permissions, "
+        "and allow_other when root mounts), and FUSE options (ro, fsname=...)",
     )
     p.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-d", "--debug", action="store_true", help="debug logging (implies -f)")
