@@ -89,9 +89,10 @@ def test_a_bad_value_is_a_one_line_error_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_fsname_defaults_to_the_source_and_is_escaped_for_libfuse() -> None:
-    opts = MountOptions.parse(["cache=none,writeback"])
+    defaults_off = "noallow_other,nodefault_permissions"
+    opts = MountOptions.parse(["cache=none,writeback", defaults_off])
     assert opts.fuse_options("/srv/a,b") == {"fsname=/srv/a\\,b", "subtype=ringfs.none.writeback"}
-    given = MountOptions.parse(["fsname=mine"])
+    given = MountOptions.parse(["fsname=mine", defaults_off])
     assert given.fuse_options("/srv/x") == {"fsname=mine", "subtype=ringfs.auto"}
     assert given.describe("/srv/x")["fsname"] == "mine"
 
