@@ -49,6 +49,12 @@ class MountOptions:
                     opts.fuse.add(item)
         return opts
 
+    @property
+    def readonly(self) -> bool:
+        """`-o ro`: the kernel refuses changes through the mount, the server on every
+        channel of it (the application channels the driver hands out included)."""
+        return "ro" in self.fuse
+
     def fuse_options(self) -> set[str]:
         fuse = {"fsname=ringfs", "subtype=ringfs"} | self.fuse
         if not any(o.startswith("fsname=") for o in self.fuse):
