@@ -38,6 +38,7 @@ import os
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -510,6 +511,23 @@ def send_message(sock: socket.socket, payload: bytes, fds: Sequence[int] = ()) -
         sock.sendall(message[sent:])
 
 
+def _connect_within(sock: socket.socket, path: str, deadline: float) -> None:
+    """connect(), retried while the listener's queue is full: a Unix socket with a timeout
+    fails at once with EAGAIN then (others may be flooding it), instead of waiting."""
+    pause = 0.001
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise HandshakeRefused(
+                    errno.EAGAIN, "the server's queue of connections stayed full"
+                ) from None
+            time.sleep(pause)  # nothing to wait on: the kernel offers no wake-up for this
+            pause = min(pause * 2, 0.05)
+
+
 def exchange(
     socket_path: str | os.PathLike[str],
     hello: bytes,
@@ -522,7 +540,7 @@ def exchange(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(timeout)
-        sock.connect(os.fspath(socket_path))
+        _connect_within(sock, os.fspath(socket_path), time.monotonic() + timeout)
         try:
             send_message(sock, hello, fds)
         except (BrokenPipeError, ConnectionResetError):
