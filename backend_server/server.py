@@ -43,6 +43,7 @@ from channel.handshake import (
     accept_forever,
     peer_uid,
     refuse,
+    someone_listens,
 )
 from channel.poller import AnyChannel, Poller, serve_connection
 
@@ -148,25 +149,12 @@ class SocketInUse(Exception):
     """A live server already answers on the socket path; the message says so."""
 
 
-def _live(path: str) -> bool:
-    """Does a server accept connections on the socket `path`?"""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except TimeoutError:
-            return True  # its backlog is full: it is alive, only busy
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False
-        return True
-
-
 def bind_listener(path: str, policy: AccessPolicy) -> trio.socket.SocketType:
     """A listening Unix socket at `path`, replacing a stale socket file (never anything else,
     and never the socket of a server that still answers: SocketInUse)."""
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
-            if _live(path):
+            if someone_listens(path):
                 raise SocketInUse(
                     f"a server is already listening on {path}; stop it first or choose "
                     "another --socket"

@@ -511,6 +511,19 @@ def send_message(sock: socket.socket, payload: bytes, fds: Sequence[int] = ()) -
         sock.sendall(message[sent:])
 
 
+def someone_listens(path: str | os.PathLike[str]) -> bool:
+    """Does a process accept connections on the socket `path` (not a stale socket file)?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(os.fspath(path))
+        except (TimeoutError, BlockingIOError):
+            return True  # its queue is full: alive, only busy
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        return True
+
+
 def _connect_within(sock: socket.socket, path: str, deadline: float) -> None:
     """connect(), retried while the listener's queue is full: a Unix socket with a timeout
     fails at once with EAGAIN then (others may be flooding it), instead of waiting."""

@@ -27,6 +27,7 @@ import trio
 
 from channel.client import TrioClient
 from channel.errors import HandshakeRefused
+from channel.handshake import someone_listens
 from channel.layout import Geometry
 from channel.socket_transport import SocketTrioClient
 from fusefront.control import ControlSocket
@@ -97,7 +98,11 @@ def wait_for_socket(path: str, deadline: float, proc: subprocess.Popen[bytes] | 
 
 def start_server(export: str, socket_path: str, debug: bool) -> subprocess.Popen[bytes]:
     """Start `python -m backend_server` for `export` (fusefront never imports it). Its log
-    goes to SOCKET.log beside the socket, or to our stderr when debugging."""
+    goes to SOCKET.log beside the socket, or to our stderr when debugging. A socket on which
+    another server still answers is refused (waiting for "our" server there would mount
+    that other one)."""
+    if someone_listens(socket_path):
+        raise MountError(f"a server is already listening on {socket_path}; choose another --socket")
     args = [sys.executable, "-m", "backend_server", export, "--socket", socket_path]
     if debug:
         args.append("--debug")

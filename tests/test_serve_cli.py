@@ -114,3 +114,18 @@ def test_a_second_serve_on_a_live_socket_is_refused(base: Path) -> None:
         with BlockingClient.connect(base / "sock", geometry=GEOMETRY) as client:
             client.call(Op.NOP).check()
         assert third.poll() is None
+
+
+def test_up_refuses_a_socket_another_server_answers_on(base: Path) -> None:
+    with serving(base) as first:
+        up = ringfs(
+            "up", str(base / "export"), str(base / "mnt"), "--socket", str(base / "sock"),
+            check=False,
+        )  # fmt: skip
+        try:
+            assert up.returncode != 0 and "already listening on" in up.stderr
+            assert not os.path.ismount(base / "mnt")
+        finally:
+            if os.path.ismount(base / "mnt"):
+                ringfs("umount", str(base / "mnt"), check=False)
+        assert first.poll() is None
