@@ -114,7 +114,10 @@ class ControlSocket:
         return None
 
     async def _serve(self, conn: trio.socket.SocketType, deadline: float) -> None:
-        uid = handshake.peer_uid(conn)
+        try:
+            uid = handshake.peer_uid(conn)
+        except OSError:
+            return  # gone already
         refusal = self._refusal(uid)
         if refusal is not None:
             await handshake.refuse(conn, refusal, errno.EAGAIN)
