@@ -9,7 +9,8 @@ import sys
 
 import trio
 
-from backend_server.server import AccessPolicy, serve
+from backend_server.server import AccessPolicy, SocketInUse, serve
+from channel.handshake import read_secret
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +31,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     secret = None
     if args.secret_file:
-        with open(args.secret_file, "rb") as f:
-            secret = f.read().strip()
+        try:
+            secret = read_secret(args.secret_file)
+        except OSError as exc:
+            print(f"ringfs serve: cannot read the secret file: {exc}", file=sys.stderr)
+            return 1
     policy = AccessPolicy(set(args.allow_uid), set(args.allow_gid))
-    trio.run(lambda: serve(os.path.abspath(args.export), args.socket, policy=policy, secret=secret))
+    try:
+        trio.run(
+            lambda: serve(os.path.abspath(args.export), args.socket, policy=policy, secret=secret)
+        )
+    except SocketInUse as exc:
+        print(f"ringfs serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

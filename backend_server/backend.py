@@ -20,6 +20,13 @@ own user; see `_trusted_driver`); supplementary groups come from
 one the kernel reported at handshake (`channel.creds`); header uid/gid/pid are ignored, the
 header umask is honoured (it can only restrict the caller's own new files).
 
+Checks that apply to many operations are made in one place, `_check_admissible`, before
+an operation runs, from the opcodes' own flags (`channel.opcodes`): a channel of a read-only
+mount gets EROFS for every command that `mutates`; an application channel gets EMFILE for
+one that opens a handle past its channel's or its user's limit (`handles.HandleQuota`), and
+ENFILE for one that may hold another descriptor once the server is down to the reserve it
+keeps for the mount's own channel (`channel.descriptors`).
+
 Channel state is released by `channel_closed(channel)`, which the Backend also registers in
 `channel.on_close` on first contact; calling it twice is harmless.
 
@@ -39,11 +46,13 @@ import trio
 from backend_server.coherence import Coherence, Notice
 from backend_server.context import Reply, Request
 from backend_server.dispatch import OPS, OpSpec
+from backend_server.handles import HandleQuota
 from backend_server.identity import NO_CALLER, Identity, Switcher
 from backend_server.inodes import ROOT_INO, InodeTable
 from backend_server.names import fail
 from backend_server.session import Session
-from channel.opcodes import Op
+from channel.descriptors import DescriptorBudget
+from channel.opcodes import HOLDS_DESCRIPTOR, OPENS_HANDLE, Op, mutates
 from channel.protocol import Command, pack_body
 
 log = logging.getLogger(__name__)
@@ -63,9 +72,17 @@ def status_of(exc: BaseException) -> int:
 
 
 class Backend:
-    def __init__(self, export_root: str, *, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(
+        self,
+        export_root: str,
+        *,
+        threads: int = DEFAULT_THREADS,
+        budget: DescriptorBudget | None = None,
+    ) -> None:
         os.umask(0)
         self.table = InodeTable(export_root)
+        self.budget = budget
+        self.handles = HandleQuota(budget)
         self.identity = Switcher()
         self._sessions: dict[int, Session] = {}
         self._limiter = trio.CapacityLimiter(threads)
@@ -133,7 +150,8 @@ class Backend:
                 creds = channel.creds
                 app_identity = self.identity.caller(creds.uid, creds.gid, tuple(creds.groups))
             key = id(channel)
-            session = Session(channel, app_identity)
+            readonly = bool(getattr(channel, "readonly", False))
+            session = Session(channel, app_identity, self.handles, readonly=readonly)
             self._sessions[key] = session
             callbacks = getattr(channel, "on_close", None)
             if callbacks is not None:
@@ -171,6 +189,7 @@ class Backend:
             if self.closed:
                 raise fail(errno.ESHUTDOWN)
             session = self._session(channel)
+            self._check_admissible(session, cmd)
             acts = spec.identity and not spec.opener
             caller = self._caller(session, cmd) if acts else NO_CALLER
             req = Request(self.table, session, channel, cmd, caller, self.identity)
@@ -192,6 +211,21 @@ class Backend:
         except Exception as exc:
             status, reply = status_of(exc), None
         self._finish(spec, req, status, reply)
+
+    def _check_admissible(self, session: Session, cmd: Command) -> None:
+        """The checks every operation shares (see the module docstring); raises the errno."""
+        opcode = cmd.opcode
+        if session.readonly and mutates(opcode, cmd.body):
+            raise fail(errno.EROFS)
+        identity = session.app_identity
+        if identity is None or opcode not in HOLDS_DESCRIPTOR:
+            return  # the driver's channel is never refused: the reserve is for it
+        if opcode in OPENS_HANDLE:
+            refusal = self.handles.refusal(len(session.handles), identity.uid)
+            if refusal is not None:
+                raise refusal
+        if self.budget is not None and not self.budget.room(1):
+            raise fail(errno.ENFILE, "the server keeps its last descriptors for the mount")
 
     def _start_threaded(self, nursery: trio.Nursery, spec: OpSpec, req: Request) -> None:
         """Hand `req` to a worker thread. Only such a command pins its handle: an inline one

@@ -12,17 +12,29 @@ worker's feet. Pins are taken and dropped in the trio thread only.
 
 A file handle remembers who opened it (`opener`): WRITE acts as that identity (see
 `dispatch.OPS`), because a FUSE WRITE does not say who writes.
+
+`HandleQuota` bounds what application channels may hold: MAX_HANDLES_PER_CHANNEL handles
+per channel and MAX_HANDLES_PER_UID per user (the application's, as the kernel reported it),
+EMFILE past either, as a process past its RLIMIT_NOFILE would get. It counts every handle's
+descriptor in the server's `DescriptorBudget` too, the driver channel's included; those are
+never refused here (the budget's reserve is theirs). A handle gives its share back when its
+descriptor closes.
 """
 
 from __future__ import annotations
 
+import collections
+import errno
 import os
+from collections.abc import Callable
 
 from backend_server.identity import Identity
+from channel import limits
+from channel.descriptors import DescriptorBudget
 
 
 class Handle:
-    __slots__ = ("closed", "fd", "ino", "is_dir", "opener", "snapshot", "users")
+    __slots__ = ("closed", "fd", "ino", "is_dir", "opener", "refund", "snapshot", "users")
 
     def __init__(self, fd: int, ino: int, *, is_dir: bool, opener: Identity | None = None) -> None:
         self.fd = fd
@@ -34,6 +46,8 @@ class Handle:
         self.snapshot: list[bytes] | None = None
         self.users = 0
         self.closed = False
+        #: Gives the handle's share of its quota back (see HandleQuota), once.
+        self.refund: Callable[[], None] | None = None
 
     def pin(self) -> None:
         self.users += 1
@@ -53,4 +67,46 @@ class Handle:
     def _close_fd(self) -> None:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
+            refund, self.refund = self.refund, None
+            if refund is not None:
+                refund()
             os.close(fd)
+
+
+class HandleQuota:
+    def __init__(
+        self,
+        budget: DescriptorBudget | None = None,
+        *,
+        per_channel: int = limits.MAX_HANDLES_PER_CHANNEL,
+        per_uid: int = limits.MAX_HANDLES_PER_UID,
+    ) -> None:
+        self.budget = budget
+        self.per_channel = per_channel
+        self.per_uid = per_uid
+        self.by_uid: collections.Counter[int] = collections.Counter()
+
+    def refusal(self, held: int, uid: int) -> OSError | None:
+        """Why an application channel of `uid` holding `held` handles may not open one
+        more, or None."""
+        if held >= self.per_channel:
+            return OSError(errno.EMFILE, f"{held} handles open on this channel")
+        if self.by_uid[uid] >= self.per_uid:
+            return OSError(errno.EMFILE, f"uid {uid} holds {self.per_uid} handles")
+        return None
+
+    def charge(self, handle: Handle, uid: int | None) -> None:
+        """Count `handle` (for `uid`, None for a driver channel's) until its descriptor closes."""
+        budget = self.budget
+        if budget is not None:
+            budget.held += 1
+        if uid is not None:
+            self.by_uid[uid] += 1
+
+        def refund() -> None:
+            if budget is not None:
+                budget.held -= 1
+            if uid is not None:
+                self.by_uid[uid] -= 1
+
+        handle.refund = refund

@@ -4,12 +4,22 @@
 the server's own user, and root, can connect); `--allow-uid`/`--allow-gid` open it to those
 users and groups, and every other peer is refused with a reason at handshake. An optional
 secret file must then be presented too. SIGTERM/SIGINT stop accepting, let the commands in
-flight finish, release every channel and exit 0.
+flight finish, release every channel and exit 0. A socket path on which a live server
+answers is refused (`SocketInUse`), never taken over.
+
+Limits (all in `channel.limits`; SECURITY.md lists them with their tests): per peer uid at
+most MAX_HANDSHAKES_PER_UID connections waiting for or in their handshake, and
+MAX_PENDING_HANDSHAKES in all, each with HANDSHAKE_TIMEOUT from accept() to the answer;
+per served identity MAX_CHANNELS_PER_UID channels (`ChannelQuota`, taken once the identity
+is known: the application's for a forwarded channel, never the driver's); and a descriptor
+budget that keeps RESERVED_FDS for the trusted driver's channel (`DescriptorBudget`, shared
+with the backend's handle limits). Every refusal reaches the client as a reason and errno.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import functools
 import itertools
 import logging
@@ -24,10 +34,23 @@ import trio
 
 from backend_server.backend import Backend
 from channel import limits
-from channel.handshake import PeerCredentials
+from channel.descriptors import DescriptorBudget, raise_soft_limit
+from channel.handshake import (
+    Hello,
+    PeerCredentials,
+    Refusal,
+    Release,
+    accept_forever,
+    peer_uid,
+    refuse,
+    someone_listens,
+)
 from channel.poller import AnyChannel, Poller, serve_connection
 
 log = logging.getLogger(__name__)
+
+SHORT_OF_DESCRIPTORS = "the server is short of file descriptors: try later"
+NO_SLOT = f"the server is busy: no handshake slot came free within {limits.HANDSHAKE_TIMEOUT:g} s"
 
 #: Connections waiting for accept(); handshakes are short, so a small backlog is plenty.
 LISTEN_BACKLOG = 128
@@ -56,30 +79,65 @@ class AccessPolicy:
 
 
 class ChannelQuota:
-    """At most `limits.MAX_CHANNELS_PER_UID` open channels per user (the identity served, so
-    channels a driver forwards for an application count against that application's user)."""
+    """At most `limits.MAX_CHANNELS_PER_UID` open channels per user: the identity the channel
+    is served as (for a channel a driver forwards, the application's; never the driver's).
+    The share is taken in the handshake, as soon as that identity is known and before the
+    answer is sent, so concurrent handshakes past the quota are refused with the reason,
+    never accepted and then dropped. A trusted driver's own channel is not counted: one per
+    mount, and it must connect whatever the users of the mount hold."""
 
-    def __init__(self, per_uid: int = limits.MAX_CHANNELS_PER_UID) -> None:
+    def __init__(
+        self, per_uid: int = limits.MAX_CHANNELS_PER_UID, budget: DescriptorBudget | None = None
+    ) -> None:
         self.per_uid = per_uid
+        self.budget = budget
         self.open: collections.Counter[int] = collections.Counter()
 
-    def refusal(self, peer: PeerCredentials) -> str | None:
-        if self.open[peer.uid] >= self.per_uid:
-            return f"uid {peer.uid} already holds {self.per_uid} channels"
-        return None
-
-    def opened(self, channel: AnyChannel) -> None:
-        uid = channel.creds.uid
-        if self.open[uid] >= self.per_uid:  # a forwarded identity over its quota
-            log.warning("closing %r: uid %d is over its channel quota", channel, uid)
-            channel.close()
-            return
+    def admit(self, creds: PeerCredentials, hello: Hello) -> Release:
+        if hello.role == "driver" and hello.on_behalf_of is None and trusted_forwarder(creds):
+            return _nothing
+        uid = creds.uid
+        if self.open[uid] >= self.per_uid:
+            raise Refusal(
+                f"uid {uid} already holds {self.per_uid} channels (limit MAX_CHANNELS_PER_UID)",
+                errno.EAGAIN,
+            )
+        # (the connection's descriptors are counted from accept() on)
+        if self.budget is not None and not self.budget.room():
+            raise Refusal(SHORT_OF_DESCRIPTORS, errno.EAGAIN)
         self.open[uid] += 1
+        released = False
 
-        def closed() -> None:
-            self.open[uid] -= 1
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.open[uid] -= 1
 
-        channel.on_close.append(closed)
+        return release
+
+
+def _nothing() -> None:
+    pass
+
+
+class HandshakeSlots:
+    """Connections waiting for, or in, their handshake: at most MAX_HANDSHAKES_PER_UID per
+    peer uid (more are refused at once) and MAX_PENDING_HANDSHAKES in all (more wait, within
+    their handshake deadline). Root and the server's user, who forward for many users and
+    limit each themselves, are not counted per uid."""
+
+    def __init__(self) -> None:
+        self.per_uid: collections.Counter[int] = collections.Counter()
+        self.all = trio.Semaphore(limits.MAX_PENDING_HANDSHAKES)
+
+    def refusal(self, uid: int) -> str | None:
+        if uid not in (0, os.geteuid()) and self.per_uid[uid] >= limits.MAX_HANDSHAKES_PER_UID:
+            return (
+                f"uid {uid} already has {limits.MAX_HANDSHAKES_PER_UID} connections in their "
+                "handshake (limit MAX_HANDSHAKES_PER_UID)"
+            )
+        return None
 
 
 def trusted_forwarder(peer: PeerCredentials) -> bool:
@@ -87,10 +145,20 @@ def trusted_forwarder(peer: PeerCredentials) -> bool:
     return peer.uid in (0, os.geteuid())
 
 
+class SocketInUse(Exception):
+    """A live server already answers on the socket path; the message says so."""
+
+
 def bind_listener(path: str, policy: AccessPolicy) -> trio.socket.SocketType:
-    """A listening Unix socket at `path`, replacing a stale socket file (never anything else)."""
+    """A listening Unix socket at `path`, replacing a stale socket file (never anything else,
+    and never the socket of a server that still answers: SocketInUse)."""
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
+            if someone_listens(path):
+                raise SocketInUse(
+                    f"a server is already listening on {path}; stop it first or choose "
+                    "another --socket"
+                )
             os.unlink(path)
     except FileNotFoundError:
         pass
@@ -117,19 +185,17 @@ async def serve(
 ) -> None:
     """Serve `export` on `socket_path` until SIGTERM/SIGINT."""
     policy = policy or AccessPolicy()
-    quota = ChannelQuota()
-    handshakes = trio.Semaphore(limits.MAX_PENDING_HANDSHAKES)
-
-    def authorize(peer: PeerCredentials) -> str | None:
-        return policy.refusal(peer) or quota.refusal(peer)
-
-    def channel_opened(channel: AnyChannel) -> None:
-        quota.opened(channel)
-        if on_channel is not None and not channel.closed:
-            on_channel(channel)
-
-    backend = Backend(export)
-    listener = bind_listener(socket_path, policy)
+    raise_soft_limit()
+    budget = DescriptorBudget()
+    backend = Backend(export, budget=budget)
+    budget.extra = backend.table.__len__  # every inode held is a descriptor
+    try:
+        listener = bind_listener(socket_path, policy)
+    except BaseException:
+        backend.close()
+        raise
+    quota = ChannelQuota(budget=budget)
+    slots = HandshakeSlots()
     poller = Poller()
     channel_ids = itertools.count(1)
     log.info("serving %s on %s (pid %d)", export, socket_path, os.getpid())
@@ -158,20 +224,45 @@ async def serve(
                 # One connection's failure must never take the server (and every other
                 # channel) down with it. A handshake slot is held only until the handshake
                 # ends, so silent connections cannot pile up tasks without bound.
-                await handshakes.acquire()
-                slot_held = True
+                deadline = trio.current_time() + limits.HANDSHAKE_TIMEOUT
+                budget.held += limits.FDS_PER_CONNECTION
+                counted: int | None = None
+                slot_held = False
 
                 def release_slot() -> None:
-                    nonlocal slot_held
+                    nonlocal slot_held, counted
                     if slot_held:
                         slot_held = False
-                        handshakes.release()
+                        slots.all.release()
+                    if counted is not None:
+                        slots.per_uid[counted] -= 1
+                        counted = None
 
                 def opened(channel: AnyChannel) -> None:
                     release_slot()
-                    channel_opened(channel)
+                    if on_channel is not None:
+                        on_channel(channel)
 
                 try:
+                    uid = peer_uid(conn)
+                    # A trusted peer (the driver) may use the reserve (its applications'
+                    # channels are checked against it once their identity is known, in
+                    # quota.admit); nobody else may.
+                    if uid not in (0, os.geteuid()) and not budget.room():
+                        await refuse(conn, SHORT_OF_DESCRIPTORS, errno.EAGAIN)
+                        return
+                    refusal = slots.refusal(uid)
+                    if refusal is not None:
+                        await refuse(conn, refusal, errno.EAGAIN)
+                        return
+                    counted = uid
+                    slots.per_uid[uid] += 1
+                    with trio.move_on_at(deadline):
+                        await slots.all.acquire()
+                        slot_held = True
+                    if not slot_held:
+                        await refuse(conn, NO_SLOT, errno.EAGAIN)
+                        return
                     await serve_connection(
                         conn,
                         poller,
@@ -179,19 +270,21 @@ async def serve(
                         next_channel_id=functools.partial(next, channel_ids),
                         secret=secret,
                         trust_forwarded=trusted_forwarder,
-                        authorize=authorize,
+                        authorize=policy.refusal,
+                        admit=quota.admit,
                         on_channel=opened,
+                        deadline=deadline,
                     )
                 except Exception:
                     log.exception("a connection failed")
                 finally:
                     release_slot()
+                    conn.close()
+                    budget.held -= limits.FDS_PER_CONNECTION
 
             async def accept_loop() -> None:
                 with accepting:
-                    while True:
-                        conn, _ = await listener.accept()
-                        nursery.start_soon(serve_one, conn)
+                    await accept_forever(listener, lambda conn: nursery.start_soon(serve_one, conn))
 
             nursery.start_soon(accept_loop)
             task_status.started()

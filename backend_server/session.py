@@ -10,19 +10,32 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from backend_server.handles import Handle
+from backend_server.handles import Handle, HandleQuota
 from backend_server.identity import Identity
 from backend_server.names import fail
 
 
 class Session:
-    __slots__ = ("app_identity", "channel", "closed", "handles", "lookups", "next_fh")
+    __slots__ = (
+        "app_identity", "channel", "closed", "handles", "lookups", "next_fh", "quota", "readonly"
+    )  # fmt: skip
 
-    def __init__(self, channel: Any, app_identity: Identity | None) -> None:
+    def __init__(
+        self,
+        channel: Any,
+        app_identity: Identity | None,
+        quota: HandleQuota | None = None,
+        *,
+        readonly: bool = False,
+    ) -> None:
         self.channel = channel
         #: For an application channel, the identity cached at handshake; None for the driver,
         #: whose commands carry their caller in the header.
         self.app_identity = app_identity
+        #: Counts this channel's handles (see HandleQuota); None: not counted.
+        self.quota = quota
+        #: The channel belongs to a read-only mount: every change is refused (EROFS).
+        self.readonly = readonly
         self.lookups: dict[int, int] = {}
         self.handles: dict[int, Handle] = {}
         self.next_fh = 1
@@ -32,7 +45,13 @@ class Session:
         fh = self.next_fh
         self.next_fh = fh + 1
         self.handles[fh] = handle
+        self._charge(handle)
         return fh
+
+    def _charge(self, handle: Handle) -> None:
+        if self.quota is not None:
+            owner = self.app_identity.uid if self.app_identity is not None else None
+            self.quota.charge(handle, owner)
 
     def install_handle(self, fh: int, handle: Handle) -> None:
         """Put `handle` under the number `fh` (a restored handle keeps its old number)."""
@@ -40,6 +59,7 @@ class Session:
             raise fail(errno.EEXIST)
         self.handles[fh] = handle
         self.next_fh = max(self.next_fh, fh + 1)
+        self._charge(handle)
 
     def handle(self, fh: int) -> Handle:
         handle = self.handles.get(fh)

@@ -446,6 +446,7 @@ class TrioClient(_Endpoint, AsyncCalls):
         idle_spin: float = limits.DEFAULT_IDLE_SPIN,
         on_behalf_of: PeerCredentials | None = None,
         timeout: float = limits.HANDSHAKE_TIMEOUT,
+        readonly: bool = False,
     ) -> AsyncIterator[TrioClient]:
         """Handshake (in a worker thread: it is a short blocking exchange), then run the
         reaper and the peer watcher until the block exits."""
@@ -458,6 +459,7 @@ class TrioClient(_Endpoint, AsyncCalls):
                 secret=secret,
                 on_behalf_of=on_behalf_of,
                 timeout=timeout,
+                readonly=readonly,
             )
 
         conn = await trio.to_thread.run_sync(connect)

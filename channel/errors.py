@@ -20,8 +20,11 @@ class ProtocolError(ChannelError):
     errno = errno.EPROTO
 
 
-class HandshakeRefused(ChannelError):
-    """The server answered a hello with a refusal; the reason is in the message."""
+class HandshakeRefused(ChannelError, OSError):
+    """The server (or a driver) answered a hello with a refusal. An OSError, so that callers
+    see it as the os module's errors: `errno` says what kind (EACCES: not allowed, EAGAIN: a
+    limit was reached, ETIMEDOUT: the handshake took too long, EPROTO: a malformed hello)
+    and the message gives the reason."""
 
 
 class ChannelClosed(ChannelError):

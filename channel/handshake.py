@@ -8,9 +8,17 @@ this same socket (`channel.socket_transport`).
 
 hello  = {"version": 1, "role": "driver"|"app"|"stats", "transport": "shm"|"socket",
           "geometry": [sq_entries, cq_entries, slot_size, buf_count, buf_size] (shm only),
-          "secret": bytes (optional), "on_behalf_of": {"pid", "uid", "gid", "groups"} (optional)}
+          "secret": bytes (optional), "on_behalf_of": {"pid", "uid", "gid", "groups"} (optional),
+          "readonly": True (optional: the channel belongs to a read-only mount)}
 accept = {"accept": True, "channel_id": int, "token": 16 bytes, "server_pid": int}
-refuse = {"accept": False, "reason": str}
+refuse = {"accept": False, "reason": str, "errno": int}
+
+A refusal's errno says what kind it is (EACCES: not allowed, EAGAIN: a limit, ETIMEDOUT:
+too slow, EPROTO: malformed); the client raises it as `HandshakeRefused`, an OSError.
+The whole handshake, the wait for a handshake slot included, has `limits.HANDSHAKE_TIMEOUT`
+from accept() on (`deadline`). `accept_forever` is the accept loop both the server and the
+driver's control socket run: it backs off and keeps serving when accept() finds no
+descriptor or memory, instead of failing (and taking every channel with it).
 
 The module has a pure part (`make_*`/`parse_*`, no I/O, so tests feed it bytes), the server's
 trio side (`accept_channel`) and the client's blocking side (`connect`, `forward`). The server
@@ -23,11 +31,14 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import hmac
+import logging
 import os
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,6 +54,8 @@ from channel.protocol import TOKEN_SIZE
 if TYPE_CHECKING:
     from channel.poller import ServerChannel
     from channel.socket_transport import SocketServerChannel
+
+log = logging.getLogger(__name__)
 
 ROLES = frozenset({"driver", "app", "stats"})
 TRANSPORTS = frozenset({"shm", "socket"})
@@ -70,6 +83,7 @@ class Hello:
     geometry: Geometry | None
     secret: bytes | None
     on_behalf_of: PeerCredentials | None
+    readonly: bool = False
 
     @property
     def fd_count(self) -> int:
@@ -82,6 +96,23 @@ class Accept:
     channel_id: int
     token: bytes
     server_pid: int
+
+
+class Refusal(Exception):
+    """Why a hello is refused, and the errno the client will raise it with."""
+
+    def __init__(self, reason: str, code: int = errno.EPROTO) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+#: What an admission check hands back for an admitted channel: called once when it ends.
+Release = Callable[[], None]
+
+
+def _admit_all(creds: PeerCredentials, hello: Hello) -> Release:
+    return lambda: None
 
 
 # -- pure part -------------------------------------------------------------------------------
@@ -105,10 +136,13 @@ def make_hello(
     transport: str = "shm",
     secret: bytes | None = None,
     on_behalf_of: PeerCredentials | None = None,
+    readonly: bool = False,
     version: int = limits.PROTOCOL_VERSION,
 ) -> bytes:
     """The hello's payload (unframed)."""
     hello: dict[str, Any] = {"version": version, "role": role, "transport": transport}
+    if readonly:
+        hello["readonly"] = True
     if transport == "shm":
         hello["geometry"] = (geometry or Geometry()).as_list()
     if secret is not None:
@@ -168,7 +202,10 @@ def parse_hello(data: bytes) -> Hello:
         raise ProtocolError("secret must be bytes")
     forwarded = hello.get("on_behalf_of")
     on_behalf_of = None if forwarded is None else _parse_credentials(forwarded)
-    return Hello(version, role, transport, geometry, secret, on_behalf_of)
+    readonly = hello.get("readonly", False)
+    if not isinstance(readonly, bool):
+        raise ProtocolError("readonly must be true or false")
+    return Hello(version, role, transport, geometry, secret, on_behalf_of, readonly)
 
 
 def make_accept(channel_id: int, token: bytes, server_pid: int) -> bytes:
@@ -176,18 +213,22 @@ def make_accept(channel_id: int, token: bytes, server_pid: int) -> bytes:
     return bytes(msgpack.packb(answer, use_bin_type=True))
 
 
-def make_refusal(reason: str) -> bytes:
-    return bytes(msgpack.packb({"accept": False, "reason": reason}, use_bin_type=True))
+def make_refusal(reason: str, code: int = errno.EPROTO) -> bytes:
+    refusal = {"accept": False, "reason": reason, "errno": code}
+    return bytes(msgpack.packb(refusal, use_bin_type=True))
 
 
 def parse_answer(data: bytes) -> Accept:
-    """The server's answer: an Accept, HandshakeRefused(reason), or ProtocolError."""
+    """The server's answer: an Accept, HandshakeRefused(errno, reason), or ProtocolError."""
     try:
         answer = _unpack_map(data)
     except ProtocolError:
         raise ProtocolError("garbage answer from the server") from None
     if answer.get("accept") is False:
-        raise HandshakeRefused(str(answer.get("reason", "no reason given")))
+        code = answer.get("errno")
+        if type(code) is not int or not 0 < code < 4096:
+            code = errno.EPROTO
+        raise HandshakeRefused(code, str(answer.get("reason", "no reason given")))
     channel_id, token, server_pid = (answer.get(k) for k in ("channel_id", "token", "server_pid"))
     if not (
         answer.get("accept") is True
@@ -214,7 +255,20 @@ def close_all(fds: Sequence[int]) -> None:
             os.close(fd)
 
 
+def read_secret(path: str | os.PathLike[str]) -> bytes:
+    """The secret in `path`, as both `ringfs serve --secret-file` and `ringfs mount
+    --secret-file` read it (surrounding whitespace, such as a final newline, is not part)."""
+    with open(path, "rb") as f:
+        return f.read().strip()
+
+
 # -- server side (trio) ----------------------------------------------------------------------
+
+
+def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int:
+    """The connecting process's uid from the kernel (one getsockopt, nothing read)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", raw)[1])
 
 
 def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> PeerCredentials:
@@ -222,6 +276,45 @@ def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> PeerCreden
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     return PeerCredentials(pid, uid, gid, supplementary_groups(pid))
+
+
+#: accept() found no descriptor or memory for the new connection: it stays queued, and the
+#: loop tries again after a pause (trio's own serve_listeners does the same).
+_ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() failed for that one connection only (it was aborted before it was taken).
+_ACCEPT_SKIP_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+
+
+async def accept_forever(
+    listener: trio.socket.SocketType, start: Callable[[trio.socket.SocketType], None]
+) -> None:
+    """Accept connections until cancelled, handing each to `start` (which must not block).
+    Running out of descriptors or memory is logged once per episode and waited out."""
+    starved = False
+    while True:
+        try:
+            conn, _ = await listener.accept()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_SKIP_ERRNOS:
+                continue
+            if exc.errno not in _ACCEPT_RESOURCE_ERRNOS:
+                raise
+            if not starved:
+                log.warning("accept() failed (%s): backing off, still serving", exc)
+                starved = True
+            await trio.sleep(limits.ACCEPT_BACKOFF)
+            continue
+        if starved:
+            log.warning("accept() works again")
+            starved = False
+        start(conn)
+
+
+async def refuse(sock: trio.socket.SocketType, reason: str, code: int) -> None:
+    """Send a refusal, briefly; a peer that is gone or does not read is not waited for."""
+    with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        with trio.move_on_after(limits.HANDSHAKE_TIMEOUT):
+            await send_frame(sock, make_refusal(reason, code))
 
 
 def supplementary_groups(pid: int) -> tuple[int, ...]:
@@ -288,7 +381,9 @@ async def accept_channel(
     secret: bytes | None = None,
     trust_forwarded: Callable[[PeerCredentials], bool] = lambda creds: False,
     authorize: Callable[[PeerCredentials], str | None] = lambda creds: None,
+    admit: Callable[[PeerCredentials, Hello], Release] = _admit_all,
     idle_spin: float = limits.DEFAULT_IDLE_SPIN,
+    deadline: float | None = None,
 ) -> ServerChannel | SocketServerChannel:
     """Run the server's half of a handshake on a freshly accepted connection.
 
@@ -296,7 +391,11 @@ async def accept_channel(
     which owns the socket from then on. On any failure the peer gets a refusal with its
     reason, every received descriptor is closed and HandshakeRefused is raised; the socket is
     left to the caller to close. `next_channel_id` is called only for accepted channels.
-    `authorize(peer)` returns None to admit the kernel-reported peer, or the refusal reason.
+    `authorize(peer)` returns None to admit the kernel-reported peer, or the refusal reason
+    (EACCES). `admit(creds, hello)`, once the identity the channel will be served as is
+    known, either raises Refusal or takes the channel's share of a quota and returns what
+    gives it back (run when the channel ends, or at once if the handshake fails after it).
+    The hello must arrive by `deadline` (trio time; default HANDSHAKE_TIMEOUT from now).
     """
     from channel.poller import ServerChannel
     from channel.socket_transport import SocketServerChannel
@@ -304,28 +403,36 @@ async def accept_channel(
     raw = sock.socket if isinstance(sock, trio.SocketStream) else sock
     peer = peer_credentials(raw)
     fds: list[int] = []
-    reason: str | None = "handshake timed out"
+    reason: str | None = None
     payload = b""
-    with trio.move_on_after(limits.HANDSHAKE_TIMEOUT):
+    if deadline is None:
+        deadline = trio.current_time() + limits.HANDSHAKE_TIMEOUT
+    with trio.move_on_at(deadline) as waited:
         payload, fds, reason = await read_hello(raw)
     region: Region | None = None
+    release: Release | None = None
     try:
+        if waited.cancelled_caught:
+            raise Refusal(
+                f"handshake timed out (limit {limits.HANDSHAKE_TIMEOUT:g} s)", errno.ETIMEDOUT
+            )
         if reason is not None:
             raise ProtocolError(reason)
         refusal = authorize(peer)
         if refusal is not None:
-            raise ProtocolError(refusal)
+            raise Refusal(refusal, errno.EACCES)
         hello = parse_hello(payload)
         check_descriptors(hello, fds)
         if secret is not None and not (
             hello.secret is not None and hmac.compare_digest(hello.secret, secret)
         ):
-            raise ProtocolError("bad secret")
+            raise Refusal("bad secret", errno.EACCES)
         creds = peer
         if hello.on_behalf_of is not None:
             if not trust_forwarded(peer):
-                raise ProtocolError("this peer is not trusted to forward credentials")
+                raise Refusal("this peer is not trusted to forward credentials", errno.EACCES)
             creds = hello.on_behalf_of
+        release = admit(creds, hello)
         token = secrets.token_bytes(TOKEN_SIZE)
         channel: ServerChannel | SocketServerChannel
         if hello.transport == "shm":
@@ -353,14 +460,17 @@ async def accept_channel(
             channel = SocketServerChannel(
                 raw, token=token, creds=creds, peer=peer, role=hello.role, channel_id=0
             )
-    except ProtocolError as exc:
+        channel.readonly = hello.readonly
+        channel.on_close.append(release)
+    except (ProtocolError, Refusal) as exc:
+        if release is not None:
+            release()
         if region is not None:  # pragma: no cover - nothing after attach raises ProtocolError
             region.close(close_fd=False)
         close_all(fds)
-        with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            with trio.move_on_after(limits.HANDSHAKE_TIMEOUT):
-                await send_frame(raw, make_refusal(str(exc)))
-        raise HandshakeRefused(str(exc)) from None
+        code = exc.code if isinstance(exc, Refusal) else errno.EPROTO
+        await refuse(raw, str(exc), code)
+        raise HandshakeRefused(code, str(exc)) from None
     channel.channel_id = next_channel_id()
     try:
         await send_frame(raw, make_accept(channel.channel_id, token, os.getpid()))
@@ -378,7 +488,9 @@ def _recv_exactly(sock: socket.socket, count: int) -> bytes:
     while len(data) < count:
         chunk = sock.recv(count - len(data))
         if not chunk:
-            raise HandshakeRefused("the server closed the connection during the handshake")
+            raise HandshakeRefused(
+                errno.ECONNRESET, "the server closed the connection during the handshake"
+            )
         data += chunk
     return bytes(data)
 
@@ -399,6 +511,36 @@ def send_message(sock: socket.socket, payload: bytes, fds: Sequence[int] = ()) -
         sock.sendall(message[sent:])
 
 
+def someone_listens(path: str | os.PathLike[str]) -> bool:
+    """Does a process accept connections on the socket `path` (not a stale socket file)?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(os.fspath(path))
+        except (TimeoutError, BlockingIOError):
+            return True  # its queue is full: alive, only busy
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        return True
+
+
+def _connect_within(sock: socket.socket, path: str, deadline: float) -> None:
+    """connect(), retried while the listener's queue is full: a Unix socket with a timeout
+    fails at once with EAGAIN then (others may be flooding it), instead of waiting."""
+    pause = 0.001
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise HandshakeRefused(
+                    errno.EAGAIN, "the server's queue of connections stayed full"
+                ) from None
+            time.sleep(pause)  # nothing to wait on: the kernel offers no wake-up for this
+            pause = min(pause * 2, 0.05)
+
+
 def exchange(
     socket_path: str | os.PathLike[str],
     hello: bytes,
@@ -411,13 +553,24 @@ def exchange(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(timeout)
-        sock.connect(os.fspath(socket_path))
-        send_message(sock, hello, fds)
-        accept = parse_answer(recv_message(sock))
+        _connect_within(sock, os.fspath(socket_path), time.monotonic() + timeout)
+        try:
+            send_message(sock, hello, fds)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it read the hello: its refusal is already here to read
+        try:
+            answer = recv_message(sock)
+        except ConnectionResetError:
+            raise HandshakeRefused(
+                errno.ECONNRESET, "the server hung up during the handshake"
+            ) from None
+        accept = parse_answer(answer)
         sock.settimeout(None)
     except TimeoutError:
         sock.close()
-        raise HandshakeRefused("the server did not answer the hello in time") from None
+        raise HandshakeRefused(
+            errno.ETIMEDOUT, "the server did not answer the hello in time"
+        ) from None
     except BaseException:
         sock.close()
         raise
@@ -448,6 +601,7 @@ def connect(
     secret: bytes | None = None,
     on_behalf_of: PeerCredentials | None = None,
     timeout: float = limits.HANDSHAKE_TIMEOUT,
+    readonly: bool = False,
 ) -> ClientConnection:
     """Create a region and its two eventfds and hand them to the server (blocking)."""
     geometry = geometry or Geometry()
@@ -455,7 +609,9 @@ def connect(
     sq_efd = doorbell.make_eventfd()
     cq_efd = doorbell.make_eventfd()
     try:
-        hello = make_hello(role, geometry, secret=secret, on_behalf_of=on_behalf_of)
+        hello = make_hello(
+            role, geometry, secret=secret, on_behalf_of=on_behalf_of, readonly=readonly
+        )
         sock, accept = exchange(socket_path, hello, (region.fd, sq_efd, cq_efd), timeout)
     except BaseException:
         region.close()
@@ -473,9 +629,11 @@ def forward(
     role: str = "app",
     secret: bytes | None = None,
     timeout: float = limits.HANDSHAKE_TIMEOUT,
+    readonly: bool = False,
 ) -> tuple[socket.socket, Accept]:
     """A trusted driver's handshake for an application: the application's memfd and
-    eventfds and its credentials go to the server. The driver keeps the returned socket
-    open exactly as long as the application's channel should live."""
-    hello = make_hello(role, geometry, secret=secret, on_behalf_of=on_behalf_of)
+    eventfds and its credentials go to the server (with the mount's `readonly`, which the
+    server then enforces on the application's channel too). The driver keeps the returned
+    socket open exactly as long as the application's channel should live."""
+    hello = make_hello(role, geometry, secret=secret, on_behalf_of=on_behalf_of, readonly=readonly)
     return exchange(socket_path, hello, fds, timeout)

@@ -43,7 +43,8 @@ XATTR_SIZE_MAX = 64 * 1024
 MAX_HANDSHAKE_MESSAGE = 64 * 1024
 #: File descriptors a hello may carry (memfd, SQ eventfd, CQ eventfd).
 HANDSHAKE_FDS = 3
-#: Seconds a peer has to finish its handshake before the server hangs up.
+#: Seconds a peer has for its whole handshake, from accept() to the answer, the wait for a
+#: handshake slot included; a slow or silent peer is then refused ("timed out") and hung up on.
 HANDSHAKE_TIMEOUT = 5.0
 
 #: Default spin before a consumer parks (seconds). Spinning costs a core on a two-core machine,
@@ -65,7 +66,33 @@ IDLE_POLLER_SLEEP = 0.25
 #: Entries per RESTORE_INODES command: bounded work per command (each is a lookup).
 MAX_RESTORE_BATCH = 256
 
-#: Channels one user may hold open on a server at once, and handshakes in progress at once:
-#: a client must not make the server map regions or hold tasks without bound.
+#: Channels one user may hold open on a server (or through one driver) at once, and
+#: handshakes in progress at once: a client must not make the server map regions or hold
+#: tasks without bound. A channel counts against the identity it is served as (the
+#: application's, for one a driver forwards), never against the forwarding driver's.
 MAX_CHANNELS_PER_UID = 64
 MAX_PENDING_HANDSHAKES = 64
+#: Connections of one user that may wait for, or be in, their handshake at once (per server,
+#: and per driver control socket). More are refused at once, so that idle connections of one
+#: user hold at most this many of the MAX_PENDING_HANDSHAKES slots everyone shares.
+MAX_HANDSHAKES_PER_UID = 8
+
+#: Open file and directory handles one application channel may hold (a process's default
+#: RLIMIT_NOFILE), and one user's application channels together; past either, OPEN, CREATE
+#: and OPENDIR fail with EMFILE. Handles of a driver's channel are the kernel's opens, each
+#: already bounded by its process's own RLIMIT_NOFILE, and are not counted per user.
+MAX_HANDLES_PER_CHANNEL = 1024
+MAX_HANDLES_PER_UID = 4096
+
+#: Descriptors a server or a driver keeps for itself whatever applications do: a server
+#: refuses application commands that would hold another descriptor (ENFILE), and new
+#: connections, once fewer than this many are left below its RLIMIT_NOFILE; a driver
+#: refuses new control connections likewise. What is left serves the mount's own channel
+#: (its lookups and opens, a reconnection after a server restart).
+RESERVED_FDS = 256
+#: Descriptors one connection may hold in a server (socket, memfd, two eventfds) and in a
+#: driver (the application's socket, its link to the server, the three it passes on).
+FDS_PER_CONNECTION = 5
+#: Seconds an accept loop waits after accept() found no descriptor or memory (EMFILE,
+#: ENFILE, ENOBUFS, ENOMEM) before it tries again; it keeps serving meanwhile.
+ACCEPT_BACKOFF = 0.1

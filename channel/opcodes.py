@@ -49,6 +49,7 @@ Bulk data (write payloads, read results, directory pages, xattr values) travels 
 
 from __future__ import annotations
 
+import os
 from enum import IntEnum
 
 
@@ -98,6 +99,37 @@ class Op(IntEnum):
 
 #: Every opcode value, for O(1) validation of a header's opcode field.
 OPCODE_VALUES = frozenset(int(op) for op in Op)
+
+#: What an operation does beyond answering, for the server's checks that apply to many
+#: operations at once (they are made in one place, before the operation runs).
+#: MUTATING: changes the file system (data, metadata, names); a channel of a read-only mount
+#: gets EROFS for each of them. OPEN is one only when it opens for writing or truncates.
+MUTATING = frozenset(
+    {
+        Op.SETATTR, Op.MKNOD, Op.MKDIR, Op.UNLINK, Op.RMDIR, Op.SYMLINK, Op.RENAME, Op.LINK,
+        Op.CREATE, Op.WRITE, Op.SETXATTR, Op.REMOVEXATTR, Op.FALLOCATE,
+    }
+)  # fmt: skip
+#: May leave the server holding one more descriptor: an inode's (a lookup of something new)
+#: or a handle's. Refused (ENFILE) on application channels once the server is short of them.
+HOLDS_DESCRIPTOR = frozenset(
+    {
+        Op.LOOKUP, Op.MKNOD, Op.MKDIR, Op.SYMLINK, Op.LINK, Op.OPEN, Op.CREATE, Op.OPENDIR,
+        Op.READDIR, Op.RESOLVE, Op.RESTORE_INODES, Op.RESTORE_HANDLE,
+    }
+)  # fmt: skip
+#: Opens a file or directory handle (counted against the channel's and its user's limits).
+OPENS_HANDLE = frozenset({Op.OPEN, Op.CREATE, Op.OPENDIR, Op.RESTORE_HANDLE})
+
+
+def mutates(opcode: int, body: object) -> bool:
+    """Does this command change the file system? (OPEN's body is [flags].)"""
+    if opcode in MUTATING:
+        return True
+    if opcode == Op.OPEN and isinstance(body, list) and body and type(body[0]) is int:
+        flags = body[0]
+        return flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+    return False
 
 
 #: Layout of an `attr` list in reply bodies (index constants, so both sides agree):

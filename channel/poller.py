@@ -39,7 +39,7 @@ import trio
 from channel import doorbell, limits
 from channel.client import release_views
 from channel.errors import HandshakeRefused, ProtocolError
-from channel.handshake import PeerCredentials, accept_channel
+from channel.handshake import Hello, PeerCredentials, Release, accept_channel
 from channel.layout import Region, ServerStat
 from channel.protocol import NO_BUFFER, Command
 from channel.sides import Rejected, ServerSide
@@ -84,6 +84,8 @@ class ServerChannel:
         self.peer = peer
         self.role = role
         self.channel_id = channel_id
+        #: The channel belongs to a read-only mount: the server refuses every change (EROFS).
+        self.readonly = False
         self.idle_spin = idle_spin
         self.side = ServerSide(region, token)
         self.closed = False
@@ -331,11 +333,14 @@ async def serve_connection(
     secret: bytes | None = None,
     trust_forwarded: Callable[[PeerCredentials], bool] = lambda creds: False,
     authorize: Callable[[PeerCredentials], str | None] = lambda creds: None,
+    admit: Callable[[PeerCredentials, Hello], Release] = lambda creds, hello: lambda: None,
     on_channel: Callable[[AnyChannel], None] | None = None,
+    deadline: float | None = None,
 ) -> None:
     """Serve one accepted connection for its whole life: handshake (refused peers get their
     reason and are hung up on), then the channel until its peer goes away; always closes.
-    `on_channel` runs right after the handshake, e.g. to register `on_close` callbacks."""
+    `on_channel` runs right after the handshake, e.g. to register `on_close` callbacks;
+    `authorize`, `admit` and `deadline` are `accept_channel`'s."""
     try:
         channel = await accept_channel(
             sock,
@@ -343,7 +348,9 @@ async def serve_connection(
             secret=secret,
             trust_forwarded=trust_forwarded,
             authorize=authorize,
+            admit=admit,
             idle_spin=poller.clock.idle_spin,
+            deadline=deadline,
         )
     except HandshakeRefused as exc:
         # A peer that hangs up before saying hello is usually a liveness probe.
@@ -357,6 +364,8 @@ async def serve_connection(
     try:
         if on_channel is not None:
             on_channel(channel)
+        if channel.closed:
+            return
         if isinstance(channel, SocketServerChannel):
             await channel.run(handler)
         else:

@@ -150,8 +150,11 @@ def _connect(
     secret: bytes | None,
     on_behalf_of: PeerCredentials | None,
     timeout: float,
+    readonly: bool = False,
 ) -> tuple[socket.socket, handshake.Accept]:
-    hello = handshake.make_hello(role, transport="socket", secret=secret, on_behalf_of=on_behalf_of)
+    hello = handshake.make_hello(
+        role, transport="socket", secret=secret, on_behalf_of=on_behalf_of, readonly=readonly
+    )
     return handshake.exchange(socket_path, hello, (), timeout)
 
 
@@ -277,9 +280,10 @@ class SocketTrioClient(AsyncCalls):
         secret: bytes | None = None,
         on_behalf_of: PeerCredentials | None = None,
         timeout: float = limits.HANDSHAKE_TIMEOUT,
+        readonly: bool = False,
     ) -> AsyncIterator[SocketTrioClient]:
         sock, accept = await trio.to_thread.run_sync(
-            _connect, socket_path, role, secret, on_behalf_of, timeout
+            _connect, socket_path, role, secret, on_behalf_of, timeout, readonly
         )
         client = cls(sock, accept)
         try:
@@ -379,6 +383,8 @@ class SocketServerChannel:
         self.peer = peer
         self.role = role
         self.channel_id = channel_id
+        #: The channel belongs to a read-only mount (see `channel.poller.ServerChannel`).
+        self.readonly = False
         self.closed = False
         self.on_close: list[Callable[..., None]] = []
         self.commands = 0

@@ -27,6 +27,8 @@ import trio
 
 from channel import limits
 from channel.client import TrioClient
+from channel.errors import HandshakeRefused
+from channel.handshake import someone_listens
 from channel.layout import Geometry
 from channel.socket_transport import SocketTrioClient
 from fusefront.control import ControlSocket
@@ -101,7 +103,11 @@ def wait_for_socket(path: str, deadline: float, proc: subprocess.Popen[bytes] | 
 
 def start_server(export: str, socket_path: str, debug: bool) -> subprocess.Popen[bytes]:
     """Start `python -m backend_server` for `export` (fusefront never imports it). Its log
-    goes to SOCKET.log beside the socket, or to our stderr when debugging."""
+    goes to SOCKET.log beside the socket, or to our stderr when debugging. A socket on which
+    another server still answers is refused (waiting for "our" server there would mount
+    that other one)."""
+    if someone_listens(socket_path):
+        raise MountError(f"a server is already listening on {socket_path}; choose another --socket")
     args = [sys.executable, "-m", "backend_server", export, "--socket", socket_path]
     if debug:
         args.append("--debug")
@@ -126,12 +132,21 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_client(socket_path: str, opts: MountOptions) -> AsyncIterator[Any]:
+async def open_client(
+    socket_path: str, opts: MountOptions, secret: bytes | None = None
+) -> AsyncIterator[Any]:
+    """The driver's channel. A read-only mount says so: the server then refuses changes on
+    it and on every application channel this driver forwards (EROFS)."""
+    readonly = opts.readonly
     if opts.transport == "socket":
-        async with SocketTrioClient.open(socket_path, role="driver") as client:
+        async with SocketTrioClient.open(
+            socket_path, role="driver", secret=secret, readonly=readonly
+        ) as client:
             yield client
     else:
-        async with TrioClient.open(socket_path, role="driver", geometry=DRIVER_GEOMETRY) as c:
+        async with TrioClient.open(
+            socket_path, role="driver", geometry=DRIVER_GEOMETRY, secret=secret, readonly=readonly
+        ) as c:
             yield c
 
 
@@ -173,6 +188,7 @@ async def serve_mount(
     info: DriverInfo,
     ready: Callable[[], None],
     supervisor: Supervisor | None = None,
+    secret: bytes | None = None,
 ) -> None:
     """Connect, mount, and run FUSE until unmounted or SIGTERM/SIGINT; always unmount.
     The link to the server survives its restarts (see fusefront.link)."""
@@ -181,7 +197,7 @@ async def serve_mount(
         info.server_pid = client.server_pid
 
     link = ServerLink(
-        functools.partial(open_client, socket_path, opts),
+        functools.partial(open_client, socket_path, opts, secret),
         recover=supervisor.recover if supervisor is not None else None,
         on_connect=connected,
     )
@@ -197,7 +213,12 @@ async def serve_mount(
             )
             link.restore = ops.restore
             if opts.transport == "shm":
-                control = ControlSocket(control_socket_path(socket_path), socket_path)
+                control = ControlSocket(
+                    control_socket_path(socket_path),
+                    socket_path,
+                    secret=secret,
+                    readonly=opts.readonly,
+                )
                 await nursery.start(control.serve)
                 info.control_socket = control.path
             fuse_options = opts.fuse_options(mount_source(socket_path, supervisor))
@@ -238,8 +259,10 @@ def run_driver(
     socket_path: str,
     export: str | None = None,
     ready: Callable[[], None] = lambda: None,
+    secret: bytes | None = None,
 ) -> None:
-    """The mount process's whole life. With `export`, start (and finally stop) a server."""
+    """The mount process's whole life. With `export`, start (and finally stop) a server.
+    `secret` is presented to a server started with --secret-file."""
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
     supervisor = Supervisor(export, socket_path, opts.debug) if export else None
@@ -252,7 +275,10 @@ def run_driver(
             options=opts.describe(mount_source(socket_path, supervisor)),
         )
         try:
-            trio.run(serve_mount, socket_path, mountpoint, opts, info, ready, supervisor)
+            trio.run(serve_mount, socket_path, mountpoint, opts, info, ready, supervisor, secret)
+        except HandshakeRefused as exc:
+            reason = exc.strerror or str(exc)
+            raise MountError(f"the server on {socket_path} refused the mount: {reason}") from exc
         except FileNotFoundError as exc:
             raise MountError(f"no server socket at {socket_path}") from exc
         except ConnectionRefusedError as exc:

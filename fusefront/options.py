@@ -101,6 +101,12 @@ class MountOptions:
         )
         return opts
 
+    @property
+    def readonly(self) -> bool:
+        """`-o ro`: the kernel refuses changes through the mount, the server on every
+        channel of it (the application channels the driver hands out included)."""
+        return "ro" in self.fuse
+
     def _present(self, key: str, value: str) -> None:
         try:
             number = int(value, 8 if key == "umask" else 10)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from channel.handshake import read_secret
 from fusefront.cli.daemon import run_in_background
 from fusefront.mount import MountError, run_driver
 from fusefront.options import MountOptions, OptionError
@@ -29,11 +30,20 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("mount", help="mount a running server")
     p.add_argument("socket", help="the server's Unix socket")
+    p.add_argument(
+        "--secret-file", help="present this secret (a server run with --secret-file wants it)"
+    )
     add_mount_arguments(p)
     p.set_defaults(run=run)
 
 
-def mount_main(args: argparse.Namespace, *, socket_path: str, export: str | None) -> int:
+def mount_main(
+    args: argparse.Namespace,
+    *,
+    socket_path: str,
+    export: str | None,
+    secret: bytes | None = None,
+) -> int:
     """Shared by `mount` and `up`: parse options, then mount in the foreground or background."""
     try:
         opts = MountOptions.parse(args.options)
@@ -43,7 +53,10 @@ def mount_main(args: argparse.Namespace, *, socket_path: str, export: str | None
     opts.debug = opts.debug or args.debug
 
     def body(ready: Any) -> None:
-        run_driver(args.mountpoint, opts, socket_path=socket_path, export=export, ready=ready)
+        run_driver(
+            args.mountpoint, opts, socket_path=socket_path, export=export, ready=ready,
+            secret=secret,
+        )  # fmt: skip
 
     if args.foreground or opts.debug:
         try:
@@ -56,4 +69,11 @@ def mount_main(args: argparse.Namespace, *, socket_path: str, export: str | None
 
 
 def run(args: argparse.Namespace) -> int:
-    return mount_main(args, socket_path=args.socket, export=None)
+    secret = None
+    if args.secret_file:
+        try:
+            secret = read_secret(args.secret_file)
+        except OSError as exc:
+            print(f"ringfs: cannot read the secret file: {exc}", file=sys.stderr)
+            return 2
+    return mount_main(args, socket_path=args.socket, export=None, secret=secret)
