@@ -46,9 +46,18 @@ def test_a_failing_handler_answers_eio_and_the_driver_lives(tmp_path: Path) -> N
     mnt.mkdir()
     log = tmp_path / "driver.log"
     with EchoServer(tmp_path / "echo.sock") as echo, open(log, "wb") as log_file:
-        # transport=socket: no WATCH task, which the echo server would answer at once forever
+        # transport=socket: no WATCH task, which the echo server would answer at once forever;
+        # nodefault_permissions: the kernel would otherwise GETATTR (EIO here) before getxattr
         driver = subprocess.Popen(
-            [*RINGFS, "mount", str(echo.path), str(mnt), "-f", "-o", "transport=socket"],
+            [
+                *RINGFS,
+                "mount",
+                str(echo.path),
+                str(mnt),
+                "-f",
+                "-o",
+                "transport=socket,nodefault_permissions",
+            ],
             cwd=REPO,
             stdout=log_file,
             stderr=log_file,
