@@ -62,3 +62,8 @@ MAX_RESTORE_BATCH = 256
 #: a client must not make the server map regions or hold tasks without bound.
 MAX_CHANNELS_PER_UID = 64
 MAX_PENDING_HANDSHAKES = 64
+
+#: A log file (driver or server) is rotated at this size, keeping this many old files: a
+#: long-lived mount's log stays under 4 MiB instead of growing for ever.
+LOG_MAX_BYTES = 1024 * 1024
+LOG_BACKUPS = 3

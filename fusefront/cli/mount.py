@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from fusefront.cli import logs
 from fusefront.cli.daemon import run_in_background
-from fusefront.mount import MountError, run_driver
+from fusefront.cli.notify import notify
+from fusefront.cli.runtime import default_log
+from fusefront.mountinfo import MountError
 from fusefront.options import MountOptions, OptionError
 
 
@@ -21,37 +26,65 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated: cache=none|auto|always, writeback, transport=shm|socket, debug, "
         "and FUSE options (allow_other, default_permissions, ro, ...)",
     )
-    p.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
+    p.add_argument(
+        "-f",
+        dest="foreground",
+        action="store_true",
+        help="stay in the foreground (SIGTERM, SIGINT or SIGHUP unmount and exit 0)",
+    )
     p.add_argument("-d", "--debug", action="store_true", help="debug logging (implies -f)")
+    logs.add_log_arguments(p)
 
 
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("mount", help="mount a running server")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "mount", help="mount a running server", description="Mount a server started by `serve`."
+    )
     p.add_argument("socket", help="the server's Unix socket")
     add_mount_arguments(p)
     p.set_defaults(run=run)
 
 
 def mount_main(args: argparse.Namespace, *, socket_path: str, export: str | None) -> int:
-    """Shared by `mount` and `up`: parse options, then mount in the foreground or background."""
+    """Shared by `mount` and `up`: parse options, then mount in the foreground or background.
+    Returns once the mount is ready (background) or has ended (foreground)."""
     try:
         opts = MountOptions.parse(args.options)
     except OptionError as exc:
         print(f"ringfs: {exc}", file=sys.stderr)
         return 2
     opts.debug = opts.debug or args.debug
+    background = not (args.foreground or opts.debug)
+    if opts.debug:
+        args.debug = True
+    level = logs.level_of(args)
 
-    def body(ready: Any) -> None:
-        run_driver(args.mountpoint, opts, socket_path=socket_path, export=export, ready=ready)
+    def body(detach: Callable[[], None]) -> None:
+        from fusefront.mount import run_driver  # trio and pyfuse3: only for a mount
 
-    if args.foreground or opts.debug:
-        try:
-            body(lambda: None)
-        except MountError as exc:
-            print(f"ringfs: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    return run_in_background(body)
+        def ready() -> None:
+            detach()
+            if background:
+                logs.configure(args, background=True, fallback_file=default_log(args.mountpoint))
+            notify(f"READY=1\nMAINPID={os.getpid()}")
+
+        run_driver(
+            args.mountpoint,
+            opts,
+            socket_path=socket_path,
+            export=export,
+            ready=ready,
+            log_level=level,
+        )
+
+    if background:
+        return run_in_background(body)
+    try:
+        body(lambda: None)
+    except MountError as exc:
+        print(f"ringfs: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from channel.stats import (
     process_cpu_seconds,
     read_stats,
 )
-from fusefront.mount import MountError, read_info
+from fusefront.mountinfo import MountError, read_info
 
 
 def add_parser(sub: Any) -> None:
@@ -52,7 +52,11 @@ def _socket_owner(path: str) -> int:
 def collect(target: str) -> dict[str, Any]:
     """Statistics of every channel behind a mount point (its driver channel) or a server
     socket (all the server's channels)."""
-    if stat.S_ISSOCK(os.stat(target).st_mode):
+    try:
+        is_socket = stat.S_ISSOCK(os.stat(target).st_mode)
+    except OSError:
+        is_socket = False  # missing or a dead mount: read_info says which, in one line
+    if is_socket:
         server_pid = _socket_owner(os.path.abspath(target))
         driver_pid = 0
         paths = find_region_fds(server_pid)
