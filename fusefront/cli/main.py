@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from fusefront.cli import logs, mount, serve, stats, umount, up
 from fusefront.mountinfo import MountError
@@ -32,8 +33,15 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (argparse adds the usage text)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ringfs",
         description="A FUSE file system over shared-memory rings.",
         epilog=EPILOG,

@@ -1,0 +1,325 @@
+"""A mount's life from the command line: ready means ready, every end leaves nothing behind.
+
+Real `ringfs up` processes on real FUSE mounts: a signal to a foreground mount unmounts it; a
+SIGKILLed driver leaves a dead mount that `ringfs umount` clears (and `stats`/`up` name in
+one line) and takes its server with it; an option libfuse refuses at INIT fails `up` with
+libfuse's reason; readiness reaches a real NOTIFY_SOCKET only once the mount answers;
+`mount -t fuse.ringfs` and an fstab line work; logs go where asked and rotate; `umount` is
+fast. The measured times are printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from channel.limits import LOG_BACKUPS, LOG_MAX_BYTES
+from fusefront.cli.runtime import default_log
+from fusefront.mountinfo import FSTYPE, mount_type
+from tests.mounting import REPO, RINGFS, ringfs, ringfs_mount
+
+DEADLINE = 20.0
+HELPER = Path("/sbin/mount.fuse.ringfs")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)  # the conditions here (a mount, a file) have nothing to wait on
+
+
+def answers(mnt: Path) -> bool:
+    try:
+        os.getxattr(mnt, "user.ringfs.info")
+    except OSError:
+        return False
+    return True
+
+
+def info(mnt: Path) -> dict[str, int]:
+    result: dict[str, int] = json.loads(os.getxattr(mnt, "user.ringfs.info"))
+    return result
+
+
+def wait_exit(pid: int, timeout: float = DEADLINE) -> None:
+    """Wait for a process we did not start (no waitpid) to exit, on its pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        assert select.select([fd], [], [], timeout)[0], f"pid {pid} still runs after {timeout} s"
+    finally:
+        os.close(fd)
+
+
+def is_dead(mnt: Path) -> bool:
+    try:
+        os.statvfs(mnt)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def server_processes(export: Path) -> list[int]:
+    """Live backend_server processes serving `export` (to show none is left)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if b"backend_server" in cmdline and str(export).encode() in cmdline and state != "Z":
+                found.append(int(entry))
+    return found
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    export, mnt = tmp_path / "export", tmp_path / "mnt"
+    export.mkdir()
+    mnt.mkdir()
+    (export / "hello").write_text("hello\n")
+    try:
+        yield export, mnt
+    finally:
+        if mount_type(str(mnt)) is not None:
+            subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
+        for pid in server_processes(export):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ringfs: "), done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signal_to_foreground_mount_unmounts_and_exits_0(
+    dirs: tuple[Path, Path], tmp_path: Path, signum: int
+) -> None:
+    export, mnt = dirs
+    proc = subprocess.Popen(
+        [*RINGFS, "up", str(export), str(mnt), "-f", "--socket", str(tmp_path / "s.sock")],
+        cwd=REPO,
+    )
+    try:
+        wait_until(lambda: answers(mnt), "the mount")
+        server = info(mnt)["server_pid"]
+        assert (mnt / "hello").read_text() == "hello\n"
+        proc.send_signal(signum)
+        assert proc.wait(DEADLINE) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert mount_type(str(mnt)) is None, "the signal left a mount behind"
+    wait_exit(server)
+    assert os.listdir(mnt) == []  # the bare directory again
+
+
+def test_umount_clears_a_dead_mount_and_stats_and_up_say_what_it_is(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    export, mnt = dirs
+    sock = tmp_path / "s.sock"
+    ringfs("up", str(export), str(mnt), "--socket", str(sock))
+    pids = info(mnt)
+    os.kill(pids["driver_pid"], signal.SIGKILL)
+    wait_until(lambda: is_dead(mnt), "the mount to die")
+    assert mount_type(str(mnt)) == FSTYPE
+    # The orphaned server notices its driver is gone (EOF on its stdin) and stops.
+    wait_exit(pids["server_pid"])
+
+    stats = ringfs("stats", str(mnt), check=False)
+    assert stats.returncode == 1
+    one_line_error(stats, "dead ringfs mount", "ringfs umount")
+    up = ringfs("up", str(export), str(mnt), "--socket", str(sock), check=False)
+    assert up.returncode == 1
+    one_line_error(up, "dead ringfs mount")
+
+    done = ringfs("umount", str(mnt), check=False)
+    assert done.returncode == 0, done.stderr
+    assert mount_type(str(mnt)) is None
+    with ringfs_mount(tmp_path, export=export) as again:  # and the place can be used again
+        assert (again.path / "hello").read_text() == "hello\n"
+
+
+def test_option_libfuse_refuses_at_init_fails_up_with_its_reason(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    export, mnt = dirs
+    for foreground in ([], ["-f"]):
+        done = ringfs(
+            "up", str(export), str(mnt), "--socket", str(tmp_path / "s.sock"),
+            "-o", "max_read=4096", *foreground, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, done
+        assert "requested different maximum read size" in done.stderr  # libfuse's own words
+        assert f"ringfs: cannot mount {mnt}" in done.stderr
+        assert mount_type(str(mnt)) is None
+        assert server_processes(export) == []
+
+
+def test_killed_driver_takes_its_server_and_up_refuses_a_foreign_server(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    export, mnt = dirs
+    sock = tmp_path / "s.sock"
+    serve = subprocess.Popen([*RINGFS, "serve", str(export), "--socket", str(sock)], cwd=REPO)
+    try:
+        wait_until(sock.exists, "the server's socket")
+        done = ringfs("up", str(export), str(mnt), "--socket", str(sock), check=False)
+        assert done.returncode == 1
+        one_line_error(done, f"pid {serve.pid}", "already listening")
+        assert mount_type(str(mnt)) is None
+    finally:
+        serve.terminate()
+        assert serve.wait(DEADLINE) == 0
+
+
+def test_umount_is_fast(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    export, mnt = dirs
+    times = []
+    for _ in range(5):
+        ringfs("up", str(export), str(mnt), "--socket", str(tmp_path / "s.sock"))
+        pids = info(mnt)
+        start = time.monotonic()
+        ringfs("umount", str(mnt))
+        times.append(time.monotonic() - start)
+        for pid in (pids["driver_pid"], pids["server_pid"]):
+            wait_exit(pid, 0.001)  # umount returned only after both had exited
+    print(f"ringfs umount: {', '.join(f'{t * 1000:.0f}' for t in times)} ms")
+    # It took 1.4-2.4 s while it waited for init to reap the driver's zombie.
+    assert sorted(times)[len(times) // 2] < 0.5, times
+
+
+def test_ready_notification_reaches_notify_socket_only_once_mounted(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    export, mnt = dirs
+    notify_path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(notify_path))
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+        argv = [*RINGFS, "up", str(export), str(mnt), "-f", "--socket", str(tmp_path / "s")]
+
+        # Refused at INIT: the process fails and nothing says READY.
+        bad = subprocess.run(
+            [*argv, "-o", "max_read=4096"], cwd=REPO, env=env, capture_output=True, timeout=60
+        )
+        assert bad.returncode == 1
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.recv(4096)
+
+        proc = subprocess.Popen(argv, cwd=REPO, env=env)
+        try:
+            assert select.select([listener], [], [], DEADLINE)[0], "no notification"
+            message = listener.recv(4096).decode()
+            # At the moment READY=1 arrives the mount already answers through the kernel.
+            assert answers(mnt)
+            assert (mnt / "hello").read_text() == "hello\n"
+            fields = dict(line.split("=", 1) for line in message.splitlines())
+            assert fields == {"READY": "1", "MAINPID": str(proc.pid)}
+        finally:
+            proc.terminate()
+            assert proc.wait(DEADLINE) == 0
+    assert mount_type(str(mnt)) is None
+
+
+def test_log_file_level_and_rotation(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    export, mnt = dirs
+    log = tmp_path / "ringfs.log"
+    # An old log just short of the limit, and every backup already there: the first record
+    # rotates, and no more than LOG_BACKUPS old files are kept.
+    old = b"x" * (LOG_MAX_BYTES - 10) + b"\n"
+    log.write_bytes(old)
+    for n in range(1, LOG_BACKUPS + 1):
+        Path(f"{log}.{n}").write_text(f"backup {n}\n")
+    sock = tmp_path / "s.sock"
+    ringfs("up", str(export), str(mnt), "--socket", str(sock),
+           "--log-file", str(log), "--log-level", "info")  # fmt: skip
+    try:
+        text = log.read_text()
+        # The server's log reaches the driver's file; INFO is logged at --log-level info.
+        assert f"serving {export} on {sock}" in text
+        assert Path(f"{log}.1").read_bytes() == old
+        assert Path(f"{log}.{LOG_BACKUPS}").read_text() == f"backup {LOG_BACKUPS - 1}\n"
+        assert not Path(f"{log}.{LOG_BACKUPS + 1}").exists()
+    finally:
+        ringfs("umount", str(mnt))
+    # The server's last words (stopped by its driver) are in the log too: nothing is lost.
+    assert "finishing commands in flight, then exiting" in log.read_text()
+
+    # --log-level warning (the default) keeps INFO out.
+    quiet = tmp_path / "quiet.log"
+    ringfs("up", str(export), str(mnt), "--socket", str(sock), "--log-file", str(quiet))
+    ringfs("umount", str(mnt))
+    assert "serving" not in quiet.read_text()
+
+
+def test_background_log_without_syslog_goes_to_runtime_dir(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    if os.path.exists("/dev/log"):
+        pytest.fail("this test checks the no-syslog fallback; /dev/log exists here")
+    export, mnt = dirs
+    path = Path(default_log(str(mnt)))
+    path.unlink(missing_ok=True)
+    ringfs("up", str(export), str(mnt), "--socket", str(tmp_path / "s"), "--log-level", "info")
+    try:
+        os.kill(info(mnt)["server_pid"], signal.SIGKILL)  # something worth a warning
+        wait_until(lambda: "restarting it" in path.read_text(), "the driver's log")
+    finally:
+        ringfs("umount", str(mnt))
+    path.unlink()
+
+
+def test_mount_t_fuse_ringfs_and_an_fstab_line(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    assert HELPER.exists(), f"{HELPER} is missing: scripts/setup.sh (as root) installs it"
+    export, mnt = dirs
+    done = subprocess.run(
+        ["mount", "-t", "fuse.ringfs", str(export), str(mnt), "-o", "noauto,_netdev,cache=none"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    try:
+        assert (mnt / "hello").read_text() == "hello\n"
+        assert mount_type(str(mnt)) == FSTYPE
+    finally:
+        ringfs("umount", str(mnt))
+
+    sock = tmp_path / "fstab.sock"
+    fstab = tmp_path / "fstab"
+    fstab.write_text(
+        f"{export} {mnt} fuse.ringfs noauto,_netdev,nofail,x-systemd.automount,"
+        f"socket={sock},cache=always 0 0\n"
+    )
+    done = subprocess.run(
+        ["mount", "--fstab", str(fstab), str(mnt)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    try:
+        assert (mnt / "hello").read_text() == "hello\n"
+        assert info(mnt)["server_socket"] == str(sock)  # socket= reached `ringfs up`
+    finally:
+        ringfs("umount", str(mnt))
+    assert mount_type(str(mnt)) is None
