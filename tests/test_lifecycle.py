@@ -323,3 +323,46 @@ def test_mount_t_fuse_ringfs_and_an_fstab_line(dirs: tuple[Path, Path], tmp_path
     finally:
         ringfs("umount", str(mnt))
     assert mount_type(str(mnt)) is None
+
+
+def test_example_systemd_unit_starts_notifies_and_stops_cleanly(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The shipped unit passes `systemd-analyze verify`, and its ExecStart, run as systemd
+    runs a Type=notify service (NOTIFY_SOCKET, then SIGTERM to the main process only),
+    reports ready once mounted and stops with status 0 and no mount left."""
+    export, mnt = dirs
+    text = (REPO / "examples/systemd/ringfs-export.service").read_text()
+    assert "\nType=notify\n" in text and "\nKillMode=mixed\n" in text
+    unit = tmp_path / "ringfs-export.service"
+    unit.write_text(
+        text.replace("/opt/ringfs/.venv/bin/ringfs", str(Path(RINGFS[0]).parent / "ringfs"))
+        .replace("/srv/export", str(export))
+        .replace("/mnt/ringfs", str(mnt))
+    )
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
+    exec_start = next(
+        line for line in unit.read_text().splitlines() if line.startswith("ExecStart=")
+    )
+    argv = exec_start.removeprefix("ExecStart=").split()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(tmp_path / "notify"))
+        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            assert select.select([listener], [], [], DEADLINE)[0], "no READY=1"
+            assert listener.recv(4096).startswith(b"READY=1")
+            assert (mnt / "hello").read_text() == "hello\n"
+            server = info(mnt)["server_pid"]
+            proc.terminate()
+            _, stderr = proc.communicate(timeout=DEADLINE)
+            assert proc.returncode == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "signal 15: unmounting" in stderr  # --log-level info from the unit, on stderr
+    assert mount_type(str(mnt)) is None
+    wait_exit(server)
