@@ -324,6 +324,21 @@ def test_mount_t_fuse_ringfs_and_an_fstab_line(dirs: tuple[Path, Path], tmp_path
         ringfs("umount", str(mnt))
     assert mount_type(str(mnt)) is None
 
+    # A running server's socket as the source: `ringfs mount` of it.
+    served = tmp_path / "served.sock"
+    serve = subprocess.Popen([*RINGFS, "serve", str(export), "--socket", str(served)], cwd=REPO)
+    try:
+        wait_until(served.exists, "the server's socket")
+        done = subprocess.run(["mount", "-t", "fuse.ringfs", str(served), str(mnt)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert info(mnt)["server_pid"] == serve.pid and not info(mnt)["owns_server"]
+        assert (mnt / "hello").read_text() == "hello\n"
+        ringfs("umount", str(mnt))
+    finally:
+        serve.terminate()
+        assert serve.wait(DEADLINE) == 0
+
 
 def test_example_systemd_unit_starts_notifies_and_stops_cleanly(
     dirs: tuple[Path, Path], tmp_path: Path
@@ -366,3 +381,34 @@ def test_example_systemd_unit_starts_notifies_and_stops_cleanly(
     assert "signal 15: unmounting" in stderr  # --log-level info from the unit, on stderr
     assert mount_type(str(mnt)) is None
     wait_exit(server)
+
+
+def test_background_log_goes_to_syslog_when_there_is_one(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """With a syslog socket (journald's or rsyslog's /dev/log), a backgrounded mount logs
+    there. This machine has none, so the test listens on /dev/log itself meanwhile."""
+    if os.path.exists("/dev/log"):
+        pytest.fail("/dev/log exists: this test would steal the system's syslog socket")
+    export, mnt = dirs
+    fallback = Path(default_log(str(mnt)))
+    fallback.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+        syslog.bind("/dev/log")
+        try:
+            ringfs("up", str(export), str(mnt), "--socket", str(tmp_path / "s"),
+                   "--log-level", "info")  # fmt: skip
+            try:
+                os.kill(info(mnt)["server_pid"], signal.SIGKILL)  # worth a warning
+                records = []
+                while not any(b"restarting it" in r for r in records):
+                    assert select.select([syslog], [], [], DEADLINE)[0], records
+                    records.append(syslog.recv(65536))
+            finally:
+                ringfs("umount", str(mnt))
+        finally:
+            os.unlink("/dev/log")
+    warning = next(r for r in records if b"restarting it" in r)
+    # <priority>: facility daemon (3) * 8 + warning (4) = 28, then the ident ringfs[PID]:
+    assert warning.startswith(b"<28>ringfs["), warning
+    assert not fallback.exists()  # syslog instead of the file, not both
