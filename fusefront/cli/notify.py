@@ -7,6 +7,7 @@ an abstract socket. Without `$NOTIFY_SOCKET` nothing is sent.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -16,6 +17,9 @@ def notify(state: str) -> None:
     if not path:
         return
     address = "\0" + path[1:] if path.startswith("@") else path
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:  # the mount itself is fine: say so, do not tear it down
+        logging.getLogger(__name__).warning("cannot notify %s: %s", path, exc.strerror)
