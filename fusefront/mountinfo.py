@@ -124,12 +124,12 @@ def wait_exited(pidfds: dict[int, int], timeout: float) -> list[int]:
     remaining = dict(pidfds)
     try:
         while remaining:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            for fd, _ in poller.poll(left * 1000):
+            left = max(0.0, deadline - time.monotonic())
+            for fd, _ in poller.poll(left * 1000):  # at least one look, even at timeout 0
                 poller.unregister(fd)
                 remaining = {pid: f for pid, f in remaining.items() if f != fd}
+            if not left:
+                break
         return sorted(remaining)
     finally:
         for fd in pidfds.values():
