@@ -149,8 +149,15 @@ class ServerProcess:
         level = logging.getLevelName(log_level).lower()
         args = [sys.executable, "-m", "backend_server", export, "--socket", socket_path,
                 "--exit-with-stdin", "--log-level", level]  # fmt: skip
+        # A process group of its own: ^C at a terminal signals the whole foreground group,
+        # and the server must not die under the driver while the driver unmounts (it would
+        # restart it); the driver stops it after the unmount.
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            process_group=0,
         )
         assert self.proc.stdout is not None
         self.reader = threading.Thread(

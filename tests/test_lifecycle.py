@@ -119,17 +119,23 @@ def test_signal_to_foreground_mount_unmounts_and_exits_0(
     proc = subprocess.Popen(
         [*RINGFS, "up", str(export), str(mnt), "-f", "--socket", str(tmp_path / "s.sock")],
         cwd=REPO,
+        process_group=0,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_until(lambda: answers(mnt), "the mount")
         server = info(mnt)["server_pid"]
         assert (mnt / "hello").read_text() == "hello\n"
-        proc.send_signal(signum)
+        # As a terminal's ^C does: to the whole foreground process group.
+        os.killpg(proc.pid, signum)
         assert proc.wait(DEADLINE) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert proc.stderr is not None
+    assert "restarting" not in proc.stderr.read()  # the server was not lost on the way
     assert mount_type(str(mnt)) is None, "the signal left a mount behind"
     wait_exit(server)
     assert os.listdir(mnt) == []  # the bare directory again
