@@ -418,3 +418,22 @@ def test_background_log_goes_to_syslog_when_there_is_one(
     # <priority>: facility daemon (3) * 8 + warning (4) = 28, then the ident ringfs[PID]:
     assert warning.startswith(b"<28>ringfs["), warning
     assert not fallback.exists()  # syslog instead of the file, not both
+
+
+def test_serve_log_file_rotates(tmp_path: Path) -> None:
+    """`ringfs serve --log-file` (a server alone) rotates its own log the same way."""
+    log, sock = tmp_path / "server.log", tmp_path / "s.sock"
+    old = b"y" * (LOG_MAX_BYTES - 10) + b"\n"
+    log.write_bytes(old)
+    serve = subprocess.Popen(
+        [*RINGFS, "serve", str(tmp_path), "--socket", str(sock), "--log-file", str(log),
+         "--log-level", "info"], cwd=REPO,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: log.exists() and b"serving" in log.read_bytes(), "the server's log")
+        assert Path(f"{log}.1").read_bytes() == old
+        assert log.stat().st_size < LOG_MAX_BYTES
+    finally:
+        serve.terminate()
+        assert serve.wait(DEADLINE) == 0
+    assert b"signal 15: finishing commands in flight" in log.read_bytes()
