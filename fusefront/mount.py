@@ -1,8 +1,10 @@
 """Running the driver: connect to a server, mount, serve FUSE until unmounted or signalled.
 
 `run_driver` is the whole life of a mount process. In `up` mode it also owns the server
-process it started (a child of the driver), so that unmounting stops everything and no
-process is left behind.
+process it started (a child of the driver, which stops when the driver is gone however it
+went), so that unmounting stops everything and no process is left behind. The mount is
+reported ready only once FUSE's INIT has succeeded, and every end of the session (unmount,
+signal, INIT refused) leaves no mount behind.
 """
 
 from __future__ import annotations
