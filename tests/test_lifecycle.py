@@ -290,10 +290,15 @@ def test_background_log_without_syslog_goes_to_runtime_dir(
     export, mnt = dirs
     path = Path(default_log(str(mnt)))
     path.unlink(missing_ok=True)
+    ringfs("up", str(export), str(mnt), "--socket", str(tmp_path / "s"))
+    ringfs("umount", str(mnt))
+    assert not path.exists()  # nothing worth a warning, no file
     ringfs("up", str(export), str(mnt), "--socket", str(tmp_path / "s"), "--log-level", "info")
     try:
         os.kill(info(mnt)["server_pid"], signal.SIGKILL)  # something worth a warning
-        wait_until(lambda: "restarting it" in path.read_text(), "the driver's log")
+        wait_until(
+            lambda: path.exists() and "restarting it" in path.read_text(), "the driver's log"
+        )
     finally:
         ringfs("umount", str(mnt))
     path.unlink()

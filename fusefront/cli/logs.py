@@ -39,10 +39,10 @@ def level_of(args: argparse.Namespace) -> int:
     return logging.getLevelNamesMapping()[name.upper()]
 
 
-def rotating(path: str) -> logging.Handler:
+def rotating(path: str, *, delay: bool = False) -> logging.Handler:
     from logging.handlers import RotatingFileHandler  # a tenth of the CLI's start-up: lazily
 
-    return RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
+    return RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, delay=delay)
 
 
 def configure(args: argparse.Namespace, *, background: bool, fallback_file: str = "") -> None:
@@ -59,7 +59,9 @@ def configure(args: argparse.Namespace, *, background: bool, fallback_file: str 
         handler = SysLogHandler(SYSLOG_SOCKET, facility=SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter("ringfs[%(process)d]: %(name)s %(message)s"))
     else:
-        handler = rotating(fallback_file)
+        # Created only when there is something to say: a mount that never warns leaves no
+        # file behind in the runtime directory.
+        handler = rotating(fallback_file, delay=True)
     if handler.formatter is None:
         handler.setFormatter(logging.Formatter(FORMAT))
     root = logging.getLogger()
