@@ -1,16 +1,52 @@
-"""`python -m backend_server EXPORT --socket PATH`: the server process that `ringfs serve` runs."""
+"""`python -m backend_server EXPORT --socket PATH`: the server process that `ringfs serve` runs.
+
+Its log goes to stderr, or to `--log-file` rotated by the standard library's
+RotatingFileHandler (a long-running server's log must not grow for ever).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
+import signal
 import sys
 
 import trio
 
 from backend_server.server import AccessPolicy, SocketInUse, serve
 from channel.handshake import read_secret
+from channel.limits import LOG_BACKUPS, LOG_MAX_BYTES
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    handler: logging.Handler = (
+        logging.handlers.RotatingFileHandler(
+            args.log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS
+        )
+        if args.log_file
+        else logging.StreamHandler(sys.stderr)
+    )
+    level = "debug" if args.debug else args.log_level
+    logging.basicConfig(
+        level=logging.getLevelNamesMapping()[level.upper()],
+        format="%(asctime)s ringfs-server[%(process)d] %(levelname)s %(message)s",
+        handlers=[handler],
+    )
+
+
+async def stop_at_stdin_eof() -> None:
+    """`ringfs up`'s driver holds our stdin's pipe open for its whole life: end-of-file means
+    it is gone (even killed), and we stop as on SIGTERM instead of living on as an orphan."""
+    while True:
+        await trio.lowlevel.wait_readable(0)
+        if not os.read(0, 4096):
+            logging.getLogger(__name__).info("the driver that started us is gone")
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,11 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-gid", type=int, action="append", default=[])
     p.add_argument("--secret-file")
     p.add_argument("--debug", action="store_true")
+    p.add_argument("--log-file")
+    p.add_argument("--log-level", choices=LEVELS, default="info")
+    p.add_argument("--exit-with-stdin", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s ringfs-server[%(process)d] %(levelname)s %(message)s",
-    )
+    try:
+        configure_logging(args)
+    except OSError as exc:
+        print(f"ringfs serve: log file {args.log_file}: {exc.strerror}", file=sys.stderr)
+        return 1
     if not os.path.isdir(args.export):
         print(f"ringfs serve: export {args.export} is not a directory", file=sys.stderr)
         return 1
@@ -37,12 +77,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ringfs serve: cannot read the secret file: {exc}", file=sys.stderr)
             return 1
     policy = AccessPolicy(set(args.allow_uid), set(args.allow_gid))
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            if args.exit_with_stdin:
+                nursery.start_soon(stop_at_stdin_eof)
+            await serve(os.path.abspath(args.export), args.socket, policy=policy, secret=secret)
+            nursery.cancel_scope.cancel()
+
     try:
-        trio.run(
-            lambda: serve(os.path.abspath(args.export), args.socket, policy=policy, secret=secret)
-        )
+        trio.run(run)
     except SocketInUse as exc:
         print(f"ringfs serve: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ExceptionGroup) as exc:
+        # Binding the socket, typically: one line, not a traceback.
+        error: BaseException = exc
+        while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        if not isinstance(error, OSError):
+            raise
+        print(f"ringfs serve: {args.socket}: {error.strerror or error}", file=sys.stderr)
         return 1
     return 0
 

@@ -96,3 +96,8 @@ FDS_PER_CONNECTION = 5
 #: Seconds an accept loop waits after accept() found no descriptor or memory (EMFILE,
 #: ENFILE, ENOBUFS, ENOMEM) before it tries again; it keeps serving meanwhile.
 ACCEPT_BACKOFF = 0.1
+
+#: A log file (driver or server) is rotated at this size, keeping this many old files: a
+#: long-lived mount's log stays under 4 MiB instead of growing for ever.
+LOG_MAX_BYTES = 1024 * 1024
+LOG_BACKUPS = 3

@@ -1,8 +1,10 @@
 """Running the driver: connect to a server, mount, serve FUSE until unmounted or signalled.
 
 `run_driver` is the whole life of a mount process. In `up` mode it also owns the server
-process it started (a child of the driver), so that unmounting stops everything and no
-process is left behind.
+process it started (a child of the driver, which stops when the driver is gone however it
+went), so that unmounting stops everything and no process is left behind. The mount is
+reported ready only once FUSE's INIT has succeeded, and every end of the session (unmount,
+signal, INIT refused) leaves no mount behind.
 """
 
 from __future__ import annotations
@@ -10,17 +12,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import json
 import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import IO, Any
 
 import pyfuse3
 import trio
@@ -28,46 +31,46 @@ import trio
 from channel import limits
 from channel.client import TrioClient
 from channel.errors import HandshakeRefused
-from channel.handshake import someone_listens
 from channel.layout import Geometry
 from channel.socket_transport import SocketTrioClient
 from fusefront.control import ControlSocket
 from fusefront.dirty_limits import lift_for_writeback
-from fusefront.driver import INFO_XATTR, RingOperations
+from fusefront.driver import RingOperations
 from fusefront.invalidation import keep_watching
 from fusefront.link import ServerLink
+from fusefront.mountinfo import (
+    INFO_XATTR,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    DriverInfo,
+    MountError,
+    dead_mount_message,
+    is_dead,
+    is_ringfs_type,
+    mount_type,
+    read_info,
+)
 from fusefront.options import MountOptions
 
+__all__ = [
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
+    "DriverInfo",
+    "MountError",
+    "read_info",
+    "run_driver",
+    "wait_for_socket",
+]
+
 log = logging.getLogger(__name__)
+server_log = logging.getLogger("ringfs.server")
+#: struct ucred, as SO_PEERCRED returns it: pid, uid, gid.
+PEERCRED = struct.Struct("3i")
 
 #: The driver channel: many FUSE requests in flight, each with a 1 MiB data buffer.
 DRIVER_GEOMETRY = Geometry(
     sq_entries=256, cq_entries=256, slot_size=limits.DRIVER_SLOT_SIZE, buf_count=64
 )
-#: Seconds `up` waits for its server's socket, and `umount` for processes to exit.
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 10.0
-
-
-class MountError(Exception):
-    """A mount that cannot be made; the message is meant for the user."""
-
-
-@dataclass
-class DriverInfo:
-    """What `ringfs stats`/`umount` learn from the mount (root xattr `user.ringfs.info`)."""
-
-    driver_pid: int
-    server_pid: int
-    server_socket: str
-    owns_server: bool
-    #: where applications ask for a channel of their own (see fusefront.control)
-    control_socket: str = ""
-    #: the mount options in force (MountOptions.describe): cache mode, timeouts, transport...
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.__dict__).encode()
 
 
 def control_socket_path(server_socket: str) -> str:
@@ -76,59 +79,114 @@ def control_socket_path(server_socket: str) -> str:
 
 
 def check_mountpoint(mountpoint: str) -> None:
-    """Refuse a missing, non-directory or already mounted mount point with a clear message."""
+    """Refuse a missing, non-directory or already mounted mount point with a clear message
+    (a dead ringfs mount is named as such: it cannot even be stat'ed)."""
+    kind = mount_type(mountpoint)
+    if is_ringfs_type(kind) and is_dead(mountpoint):
+        raise MountError(dead_mount_message(mountpoint))
+    if kind is not None:
+        raise MountError(f"mount point {mountpoint} is busy: {kind} is already mounted there")
     if not os.path.exists(mountpoint):
         raise MountError(f"mount point {mountpoint} does not exist")
     if not os.path.isdir(mountpoint):
         raise MountError(f"mount point {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        raise MountError(f"mount point {mountpoint} is busy: something is already mounted there")
+
+
+def listener_pid(path: str) -> int | None:
+    """The pid of the process accepting connections on the Unix socket `path`, or None."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            return None
+        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+        pid: int = PEERCRED.unpack(creds)[0]
+        return pid
+
+
+def check_socket_free(path: str) -> None:
+    """`up` starts its own server: refuse a socket path another live server answers on
+    (say, one orphaned by an older ringfs), instead of mounting that one by mistake."""
+    pid = listener_pid(path)
+    if pid is not None:
+        raise MountError(
+            f"a server (pid {pid}) is already listening on {path}: stop it, or pick another "
+            "--socket"
+        )
 
 
 def wait_for_socket(path: str, deadline: float, proc: subprocess.Popen[bytes] | None) -> None:
-    """Block until a server accepts connections on `path` (or its process dies)."""
+    """Block until a server accepts connections on `path` (or its process dies). Given our
+    server's `proc`, only that process counts: not whoever else answers on the path."""
     while True:
         if proc is not None and proc.poll() is not None:
             raise MountError(f"the server exited with status {proc.returncode} while starting")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(path)
-                return
-            except (FileNotFoundError, ConnectionRefusedError):
-                pass
+        pid = listener_pid(path)
+        if pid is not None and (proc is None or pid == proc.pid):
+            return
         if time.monotonic() > deadline:
             raise MountError(f"no server answered on {path} within {START_TIMEOUT:.0f} s")
         time.sleep(0.02)  # polling a socket that does not exist yet: nothing to wait on
 
 
-def start_server(export: str, socket_path: str, debug: bool) -> subprocess.Popen[bytes]:
-    """Start `python -m backend_server` for `export` (fusefront never imports it). Its log
-    goes to SOCKET.log beside the socket, or to our stderr when debugging. A socket on which
-    another server still answers is refused (waiting for "our" server there would mount
-    that other one)."""
-    if someone_listens(socket_path):
-        raise MountError(f"a server is already listening on {socket_path}; choose another --socket")
-    args = [sys.executable, "-m", "backend_server", export, "--socket", socket_path]
-    if debug:
-        args.append("--debug")
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-    else:
-        with open(socket_path + ".log", "ab") as log_file:
-            proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
-            )
-    wait_for_socket(socket_path, time.monotonic() + START_TIMEOUT, proc)
-    return proc
+def _forward_log(stream: IO[bytes]) -> None:
+    """Copy the server's log lines into ours (one log per mount, rotated in one place)."""
+    for raw in stream:
+        line = raw.decode(errors="replace").rstrip()
+        words = line.split(maxsplit=4)
+        if len(words) == 5 and words[2].startswith("ringfs-server["):
+            level = logging.getLevelNamesMapping().get(words[3], logging.WARNING)
+            line = f"{words[2]} {words[4]}"  # its timestamp: ours is on the record already
+        else:
+            level = logging.ERROR  # a traceback, or anything else it did not log itself
+        server_log.log(level, "%s", line)
+    stream.close()
 
 
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+class ServerProcess:
+    """`python -m backend_server` for an export (fusefront never imports it).
+
+    Its stdin is a pipe we never write: when we exit, however we exit (SIGKILL too), the
+    server reads end-of-file and stops, so no server outlives its mount. Its log comes to
+    us through a pipe and is read by one thread per server process, joined when it ends.
+    """
+
+    def __init__(self, export: str, socket_path: str, log_level: int) -> None:
+        level = logging.getLevelName(log_level).lower()
+        args = [sys.executable, "-m", "backend_server", export, "--socket", socket_path,
+                "--exit-with-stdin", "--log-level", level]  # fmt: skip
+        # A process group of its own: ^C at a terminal signals the whole foreground group,
+        # and the server must not die under the driver while the driver unmounts (it would
+        # restart it); the driver stops it after the unmount.
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
+        assert self.proc.stdout is not None
+        self.reader = threading.Thread(
+            target=_forward_log, args=(self.proc.stdout,), name="server-log", daemon=True
+        )
+        self.reader.start()
         try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            wait_for_socket(socket_path, time.monotonic() + START_TIMEOUT, self.proc)
+        except MountError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.reader.join(STOP_TIMEOUT)
 
 
 @contextlib.asynccontextmanager
@@ -153,27 +211,51 @@ async def open_client(
 class Supervisor:
     """The server process `up` started: restarted when it dies, stopped at the end."""
 
-    def __init__(self, export: str, socket_path: str, debug: bool) -> None:
+    def __init__(self, export: str, socket_path: str, log_level: int) -> None:
         self.export = export
         self.socket_path = socket_path
-        self.debug = debug
+        self.log_level = log_level
         self.restarts = 0
-        self.proc = start_server(export, socket_path, debug)
+        self.server = ServerProcess(export, socket_path, log_level)
 
     def recover(self) -> None:
         """Start a new server if ours has exited (blocking: run it in a thread)."""
-        if self.proc.poll() is None:
+        proc = self.server.proc
+        if proc.poll() is None:
             return
-        log.warning("the server (pid %d) exited with %s; restarting it",
-                    self.proc.pid, self.proc.returncode)  # fmt: skip
+        log.warning("the server (pid %d) exited with %s; restarting it", proc.pid, proc.returncode)
+        self.server.stop()  # reaps it and joins its log reader
         try:
-            self.proc = start_server(self.export, self.socket_path, self.debug)
+            self.server = ServerProcess(self.export, self.socket_path, self.log_level)
             self.restarts += 1
         except MountError as exc:
             log.error("could not restart the server: %s", exc)
 
     def stop(self) -> None:
-        stop_server(self.proc)
+        self.server.stop()
+
+
+async def _announce_when_ready(mountpoint: str, ready: Callable[[], None], state: _State) -> None:
+    """Call `ready` once the kernel has finished FUSE's INIT with us: the first request
+    after it gets an answer. libfuse can still refuse the session at INIT (say, `max_read`
+    it cannot honour) after the kernel mount exists, so the mount is not ready before."""
+
+    def probe() -> bool:
+        try:
+            os.getxattr(mountpoint, INFO_XATTR)
+        except OSError as exc:
+            # ECONNREFUSED: INIT failed; ENOTCONN: the session is already gone.
+            return exc.errno not in (errno.ECONNREFUSED, errno.ENOTCONN)
+        return True
+
+    if await trio.to_thread.run_sync(probe, abandon_on_cancel=True):
+        state.ready = True
+        ready()
+
+
+@dataclass
+class _State:
+    ready: bool = False
 
 
 def mount_source(socket_path: str, supervisor: Supervisor | None) -> str:
@@ -190,7 +272,7 @@ async def serve_mount(
     supervisor: Supervisor | None = None,
     secret: bytes | None = None,
 ) -> None:
-    """Connect, mount, and run FUSE until unmounted or SIGTERM/SIGINT; always unmount.
+    """Connect, mount, and run FUSE until unmounted or SIGTERM/SIGINT/SIGHUP; always unmount.
     The link to the server survives its restarts (see fusefront.link)."""
 
     def connected(client: Any) -> None:
@@ -201,6 +283,7 @@ async def serve_mount(
         recover=supervisor.recover if supervisor is not None else None,
         on_connect=connected,
     )
+    state = _State()
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(link.run)
@@ -225,29 +308,36 @@ async def serve_mount(
             if opts.debug:
                 fuse_options.add("debug")
             pyfuse3.init(ops, mountpoint, fuse_options)
-            if opts.writeback:
-                lift_for_writeback(mountpoint)
-            if opts.transport == "shm":  # invalidations need the FUSE session
-                nursery.start_soon(keep_watching, link)
-            unmounted = False
             try:
-                ready()
+                if opts.writeback:
+                    lift_for_writeback(mountpoint)
+                if opts.transport == "shm":  # invalidations need the FUSE session
+                    nursery.start_soon(keep_watching, link)
+                nursery.start_soon(_announce_when_ready, mountpoint, ready, state)
                 nursery.start_soon(_terminate_on_signal)
                 await pyfuse3.main()
-                unmounted = True
             finally:
                 nursery.cancel_scope.cancel()
-                pyfuse3.close(unmount=not unmounted)
+                # Whatever ended the session (an unmount, a signal, libfuse refusing INIT),
+                # no mount is left behind: libfuse skips the unmount when the kernel has
+                # already dropped it (the device then polls POLLERR).
+                pyfuse3.close(unmount=True)
     except BaseExceptionGroup as group:
         # One failure (say, no server to connect to) reaches the caller as itself.
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+    if not state.ready:
+        raise MountError(
+            f"cannot mount {mountpoint}: the FUSE session ended during initialisation "
+            "(libfuse's reason is above)"
+        )
 
 
 async def _terminate_on_signal() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for _ in signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
             pyfuse3.terminate()
             return
 
@@ -260,16 +350,21 @@ def run_driver(
     export: str | None = None,
     ready: Callable[[], None] = lambda: None,
     secret: bytes | None = None,
+    log_level: int = logging.WARNING,
 ) -> None:
     """The mount process's whole life. With `export`, start (and finally stop) a server.
-    `secret` is presented to a server started with --secret-file."""
+    `secret` is presented to a server started with --secret-file. Returns after a clean
+    unmount (by umount or a signal); raises MountError otherwise."""
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
-    supervisor = Supervisor(export, socket_path, opts.debug) if export else None
+    supervisor = None
+    if export:
+        check_socket_free(socket_path)
+        supervisor = Supervisor(export, socket_path, log_level)
     try:
         info = DriverInfo(
             os.getpid(),
-            supervisor.proc.pid if supervisor else 0,
+            supervisor.server.proc.pid if supervisor else 0,
             socket_path,
             bool(supervisor),
             options=opts.describe(mount_source(socket_path, supervisor)),
@@ -290,14 +385,3 @@ def run_driver(
     finally:
         if supervisor is not None:
             supervisor.stop()
-
-
-def read_info(mountpoint: str) -> DriverInfo:
-    """The driver's own description, read from the mount's root."""
-    try:
-        raw = os.getxattr(mountpoint, INFO_XATTR.decode())
-    except OSError as exc:
-        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.ENOTCONN):
-            raise MountError(f"{mountpoint} is not a live ringfs mount") from exc
-        raise
-    return DriverInfo(**json.loads(raw))

@@ -32,3 +32,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     fi
     touch "$stamp"
 fi
+
+# mount(8) runs /sbin/mount.fuse.<subtype> for `mount -t fuse.ringfs` and fstab lines of that
+# type: point it at this checkout's helper (root only; nothing else is installed system-wide).
+if [ "$(id -u)" -eq 0 ] && [ -d /sbin ]; then
+    helper="$PWD/.venv/bin/mount.ringfs"
+    if [ "$(readlink /sbin/mount.fuse.ringfs 2>/dev/null)" != "$helper" ]; then
+        ln -sfn "$helper" /sbin/mount.fuse.ringfs
+        echo "setup: /sbin/mount.fuse.ringfs -> $helper"
+    fi
+fi

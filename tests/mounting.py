@@ -43,7 +43,16 @@ def ringfs_mount(base: Path, options: str = "", export: Path | None = None) -> I
     mnt = base / "mnt"
     mnt.mkdir(exist_ok=True)
     sock = base / "server.sock"
-    args = ["up", str(export), str(mnt), "--socket", str(sock)]
+    # The mount's log stays with the test's files, not in the system's runtime directory.
+    args = [
+        "up",
+        str(export),
+        str(mnt),
+        "--socket",
+        str(sock),
+        "--log-file",
+        str(base / "ringfs-driver.log"),
+    ]
     if options:
         args += ["-o", options]
     ringfs(*args)

@@ -359,14 +359,14 @@ def test_read_only_mount_refuses_writes(tmp_path: Path) -> None:
 
 
 def test_umount_leaves_no_process_behind(tmp_path: Path) -> None:
-    from fusefront.cli.umount import alive
+    from fusefront.mountinfo import open_pidfds, wait_exited
     from tests.mounting import ringfs
 
     with ringfs_mount(tmp_path) as m:
-        pids = (m.driver_pid, m.server_pid)
-        assert all(alive(pid) for pid in pids)
+        pids = [m.driver_pid, m.server_pid]
+        assert wait_exited(open_pidfds(pids), 0) == sorted(pids)  # both running
         assert ringfs("umount", str(m.path)).returncode == 0
-        assert not any(alive(pid) for pid in pids)
+        assert wait_exited(open_pidfds(pids), 0) == []  # both exited (or even reaped)
         assert not os.path.ismount(m.path)
 
 

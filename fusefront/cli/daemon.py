@@ -1,8 +1,10 @@
 """Backgrounding a mount: fork, let the child mount, return once the mount is ready.
 
-The parent waits on a pipe: the child writes `ok` once the kernel mount exists, or the error
-message that stopped it, so `ringfs mount`/`up` without `-f` return only when the mount can
-be used, and fail with the real reason otherwise.
+The parent waits on a pipe: the child writes `ok` once the mount is ready (FUSE's INIT done
+and a request answered), or the error message that stopped it, so `ringfs mount`/`up`
+without `-f` return only when the mount can be used, and fail with the real reason
+otherwise. Until then the child's stderr is the caller's, so libfuse's own messages reach
+the caller's terminal; afterwards the mount logs where fusefront.cli.logs points it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from channel.stats import (
     read_stats,
 )
 from fusefront.cli import stats_prometheus, stats_watch
-from fusefront.mount import MountError, read_info
+from fusefront.mountinfo import MountError, read_info
 
 
 def add_parser(sub: Any) -> None:
@@ -73,7 +73,11 @@ def collect(target: str) -> dict[str, Any]:
     socket (all the server's channels)."""
     mount: dict[str, Any] | None = None
     channels: list[dict[str, Any]] = []
-    if stat.S_ISSOCK(os.stat(target).st_mode):
+    try:
+        is_socket = stat.S_ISSOCK(os.stat(target).st_mode)
+    except OSError:
+        is_socket = False  # missing or a dead mount: read_info says which, in one line
+    if is_socket:
         server_pid = _socket_owner(os.path.abspath(target))
         driver_pid = 0
         paths = find_region_fds(server_pid)
