@@ -132,14 +132,17 @@ def test_a_driver_out_of_descriptors_backs_off_and_keeps_the_mount(mount: Mount)
         except BaseException as exc:
             result["error"] = exc
 
-    resource.prlimit(driver, resource.RLIMIT_NOFILE, (8, hard))
+    # accept() takes the lowest free number: a limit at it leaves accept() none at all
+    held = {int(fd) for fd in os.listdir(f"/proc/{driver}/fd")}
+    lowest_free = min(set(range(len(held) + 1)) - held)
+    resource.prlimit(driver, resource.RLIMIT_NOFILE, (lowest_free, hard))
     try:
         waiter = threading.Thread(target=connect)
         waiter.start()
         start = time.monotonic()
         out = subprocess.run(["cat", str(mount.path / "f")], capture_output=True, timeout=30)
         assert out.stdout == CONTENT and time.monotonic() - start < BOUND
-        assert waiter.is_alive()  # cannot be accepted while the driver has no descriptor
+        assert waiter.is_alive(), result  # cannot be accepted while the driver has no descriptor
     finally:
         resource.prlimit(driver, resource.RLIMIT_NOFILE, (soft, hard))
     waiter.join(limits.HANDSHAKE_TIMEOUT + 5)
