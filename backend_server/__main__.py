@@ -5,11 +5,27 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import sys
 
 import trio
 
 from backend_server.server import AccessPolicy, serve
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard one (a login shell's `ulimit -n 1024` is
+    not meant for a file server); returns the limits now in force. The inode descriptor
+    cache is sized from the result (see backend_server.inodes), so it stays bounded
+    whatever the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    return soft, hard
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s ringfs-server[%(process)d] %(levelname)s %(message)s",
     )
+    raise_open_files_limit()
     if not os.path.isdir(args.export):
         print(f"ringfs serve: export {args.export} is not a directory", file=sys.stderr)
         return 1
