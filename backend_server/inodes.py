@@ -411,15 +411,7 @@ class InodeTable:
         if inode.handle is not None:
             fd = self._open_handle(self._mount_fds[inode.mount_id], inode.handle)
         elif inode.parent is not None:
-            fd = os.open(inode.names[0], O_PATH_FLAGS, dir_fd=self._fd_locked(inode.parent))
-            try:
-                for name in inode.names[1:]:
-                    child = os.open(name, O_PATH_FLAGS, dir_fd=fd)
-                    os.close(fd)
-                    fd = child
-            except BaseException:
-                os.close(fd)
-                raise
+            fd = self._walk(inode.parent, inode.names)
         else:
             raise fail(errno.ESTALE)
         try:
@@ -429,6 +421,25 @@ class InodeTable:
                 raise fail(errno.ESTALE, "the object is no longer the one looked up")
         except BaseException:
             os.close(fd)
+            raise
+        return fd
+
+    def _walk(self, parent: Inode, names: tuple[bytes, ...]) -> int:
+        """Open `names` beneath `parent`, never following a symlink; a name that is gone
+        means the inode is (ESTALE, as for a handle whose inode was removed)."""
+        try:
+            fd = os.open(names[0], O_PATH_FLAGS, dir_fd=self._fd_locked(parent))
+        except (FileNotFoundError, NotADirectoryError):
+            raise fail(errno.ESTALE, "the name it was found by is gone") from None
+        try:
+            for name in names[1:]:
+                child = os.open(name, O_PATH_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                raise fail(errno.ESTALE, "the name it was found by is gone") from None
             raise
         return fd
 
