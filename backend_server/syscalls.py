@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 
 from backend_server.names import fail
 
@@ -138,17 +139,33 @@ _open_by_handle_at = _libc.open_by_handle_at
 _open_by_handle_at.argtypes = [ctypes.c_int, ctypes.POINTER(_FileHandle), ctypes.c_int]
 
 
+class _HandleBuffers(threading.local):
+    """One handle buffer per thread: READDIR takes a handle per entry, and building the
+    ctypes objects anew each time would cost more than the system call."""
+
+    def __init__(self) -> None:
+        self.handle = _FileHandle(MAX_HANDLE_SZ, 0)
+        self.mount_id = ctypes.c_int(0)
+        self.handle_ref = ctypes.byref(self.handle)
+        self.mount_ref = ctypes.byref(self.mount_id)
+        self.bytes_at = ctypes.addressof(self.handle) + _FileHandle.f_handle.offset
+
+
+_buffers = _HandleBuffers()
+
+
 def name_to_handle(dir_fd: int, name: bytes) -> tuple[int, bytes]:
     """(mount id, handle) of `name` in `dir_fd`, or of `dir_fd` itself when `name` is empty;
     never follows a symlink. The handle is the handle type (4 bytes) and the file system's
     opaque bytes: equal handles mean the same inode, and the file system's generation number
     in it means a reused inode number gets a different handle."""
-    handle = _FileHandle(MAX_HANDLE_SZ, 0)
-    mount_id = ctypes.c_int(0)
-    flags = AT_EMPTY_PATH if not name else 0
-    _check(_name_to_handle_at(dir_fd, name, ctypes.byref(handle), ctypes.byref(mount_id), flags))
-    raw = bytes(handle.f_handle[: handle.handle_bytes])
-    return mount_id.value, handle.handle_type.to_bytes(4, "little", signed=True) + raw
+    buffers = _buffers
+    handle = buffers.handle
+    handle.handle_bytes = MAX_HANDLE_SZ
+    flags = 0 if name else AT_EMPTY_PATH
+    _check(_name_to_handle_at(dir_fd, name, buffers.handle_ref, buffers.mount_ref, flags))
+    raw = ctypes.string_at(buffers.bytes_at, handle.handle_bytes)
+    return buffers.mount_id.value, handle.handle_type.to_bytes(4, "little", signed=True) + raw
 
 
 def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
