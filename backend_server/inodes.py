@@ -511,6 +511,7 @@ class InodeTable:
         del self._by_key[inode.key]
         if self._removed(inode) and self._numbers.get(inode.key) == number:
             del self._numbers[inode.key]  # its number is never needed again
+        self._evict(inode)  # finding it by names may have cached its parents
         inode.dropped = True
         if inode.pins == 0:
             self._close_fd(inode)
