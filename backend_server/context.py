@@ -6,12 +6,14 @@ few verbs they share: resolve an inode the channel holds, count a lookup of a ne
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from backend_server.handles import Handle
 from backend_server.identity import Identity
 from backend_server.inodes import Inode, InodeTable
+from backend_server.names import fail
 from backend_server.wire import entry_body
 from channel.protocol import Command
 
@@ -98,6 +100,15 @@ class Request:
         `parent`; takes no descriptor."""
         st = os.fstat(fd)
         return self.table.register_opened(self.session, fd, st, parent, name), st
+
+    def entry_named(self, parent: Inode, name: bytes) -> Reply:
+        """Register `name` in `parent` (just created) and reply with its `entry` body; opens
+        no descriptor, so running out of them cannot fail a create after the fact."""
+        counted = self.table.register_entry(self.session, parent, parent.fd, name)
+        if counted is None:
+            raise fail(errno.ENOENT)
+        inode, st = counted
+        return Reply(entry_body(inode.number, st))
 
     def entry(self, fd: int, parent: Inode | None, *names: bytes) -> Reply:
         """Register `fd`'s object and reply with its `entry` body."""

@@ -52,7 +52,8 @@ import resource
 import stat
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec
 
 from backend_server import syscalls
 from backend_server.names import fail
@@ -62,6 +63,8 @@ if TYPE_CHECKING:
     from backend_server.session import Session
 
 ROOT_INO = 1
+
+P = ParamSpec("P")
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -477,6 +480,19 @@ class InodeTable:
         if inode._fd >= 0 and (inode.dropped or not inode.permanent):
             fd, inode._fd = inode._fd, -1
             os.close(fd)
+
+    def opening(self, open_: Callable[P, int], *args: P.args, **kwargs: P.kwargs) -> int:
+        """`open_(...)`, a call that opens a descriptor; when the process is out of them,
+        the cache gives back every descriptor no operation is using and it is tried once
+        more (then its EMFILE stands: the limit is truly reached)."""
+        try:
+            return open_(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_FDS:
+                raise
+        with self._lock:
+            self._evict(self.root, keep=0)
+        return open_(*args, **kwargs)
 
     # -- forgetting -----------------------------------------------------------------------
     def forget(self, session: Session, number: int, count: int) -> None:

@@ -67,7 +67,8 @@ def lookup(req: Request) -> Reply:
     parent = _directory(req, req.cmd.ino)
     if name == b".." and parent is req.table.root:
         name = b"."  # `..` at the root is the root: the export has no outside
-    fd = _open_child(parent.fd, name)  # needs search permission on parent, as the caller
+    # needs search permission on parent, as the caller
+    fd = req.table.opening(_open_child, parent.fd, name)
     if name == b"..":
         try:
             _confine(req, fd)
@@ -115,7 +116,7 @@ def mknod(req: Request) -> Reply:
         raise fail(errno.EINVAL)
     parent = _directory(req, req.cmd.ino)
     os.mknod(name, kind | (mode & 0o7777 & ~req.umask), rdev, dir_fd=parent.fd)
-    return req.entry(_open_child(parent.fd, name), parent, name)
+    return req.entry_named(parent, name)
 
 
 def mkdir(req: Request) -> Reply:
@@ -124,7 +125,7 @@ def mkdir(req: Request) -> Reply:
     mode = wire.integer(mode, 0, U32_MAX)
     parent = _directory(req, req.cmd.ino)
     os.mkdir(name, mode & 0o1777 & ~req.umask, dir_fd=parent.fd)
-    return req.entry(_open_child(parent.fd, name), parent, name)
+    return req.entry_named(parent, name)
 
 
 def symlink(req: Request) -> Reply:
@@ -133,7 +134,7 @@ def symlink(req: Request) -> Reply:
     target = check_symlink_target(target)
     parent = _directory(req, req.cmd.ino)
     os.symlink(target, name, dir_fd=parent.fd)
-    return req.entry(_open_child(parent.fd, name), parent, name)
+    return req.entry_named(parent, name)
 
 
 def unlink(req: Request) -> Reply:
@@ -182,7 +183,7 @@ def link(req: Request) -> Reply:
         # Following the magic link reaches the inode itself; no capability needed, and the
         # kernel applies protected_hardlinks and the directory's permissions as the caller.
         os.link(inode.proc_path, new_name, dst_dir_fd=new_dir.fd, follow_symlinks=True)
-    return req.entry(_open_child(new_dir.fd, new_name), new_dir, new_name)
+    return req.entry_named(new_dir, new_name)
 
 
 def _link_symlink(req: Request, inode: Inode, new_dir: Inode, new_name: bytes) -> None:
@@ -214,7 +215,7 @@ def _protected_hardlinks() -> bool:
 # -- directory handles ----------------------------------------------------------------------
 def opendir(req: Request) -> Reply:
     inode = _directory(req, req.cmd.ino)
-    fd = os.open(inode.proc_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = req.table.opening(os.open, inode.proc_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     return Reply(value=req.session.add_handle(Handle(fd, inode.number, is_dir=True)))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -163,3 +164,33 @@ def test_a_server_that_is_not_root_finds_inodes_by_name() -> None:
             assert srv.fd_count() < 1024 + 64
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_out_of_descriptors_the_cache_gives_its_own_back(table: InodeTable) -> None:
+    """At RLIMIT_NOFILE, an open through `opening` first takes the cache's descriptors
+    (pinned ones excepted); only then does EMFILE stand."""
+    session = Session(None, None)
+    _d, numbers = _entries(table, session)
+    for number in numbers:
+        table.fd_of(table.get(session, number))
+    assert table.cached_fds == CACHE
+    pinned = table.get(session, numbers[-1], pin=True)
+    pinned_fd = pinned.fd
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    opened: list[int] = []
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))) + 1, hard)
+    )
+    try:
+        with pytest.raises(OSError) as caught:
+            while True:
+                opened.append(table.opening(os.open, "/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in opened:
+            os.close(fd)
+    assert caught.value.errno == errno.EMFILE
+    assert len(opened) >= CACHE - 1  # the unpinned cached descriptors, given back
+    assert table.cached_fds == 1 and pinned.fd == pinned_fd  # the pinned one stayed
+    os.fstat(pinned_fd)
+    table.unpin([pinned])
