@@ -281,6 +281,8 @@ class Backend:
                 switcher.restore()
         except Exception as exc:
             return status_of(exc), None
+        finally:
+            req.done()  # unpin its inodes: their descriptors may be evicted again
 
     def threads_busy(self) -> bool:
         """Are worker threads running commands (whose results trio must pick up soon)?"""

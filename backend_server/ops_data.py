@@ -84,15 +84,49 @@ def create(req: Request) -> Reply:
         raise fail(errno.ENOTDIR)
     # O_NOFOLLOW: an existing symlink under this name is refused (ELOOP), never followed.
     flags |= os.O_CREAT | os.O_NOFOLLOW
-    fd = os.open(name, flags, mode & 0o7777 & ~req.umask, dir_fd=parent.fd)
+    fd, created = _open_creating(parent.fd, name, flags, mode & 0o7777 & ~req.umask)
+    counted = None
     try:
-        # Hold the very object that was opened (not whatever the name means by now).
-        inode, st = req.register(os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC))
+        # Count the very object that was opened (not whatever the name means by now); this
+        # takes no second descriptor, so running out of them cannot strike after the create.
+        counted = req.register_opened(fd, parent, name)
+        inode, st = counted
+        fh = req.session.add_handle(Handle(fd, inode.number, is_dir=False, opener=req.caller))
     except BaseException:
+        # Never a half-done create: what this command created goes again with its failure.
+        if counted is not None:
+            req.table.forget(req.session, counted[0].number, 1)
+        if created:
+            _remove_created(parent.fd, name, fd)
         os.close(fd)
         raise
-    fh = req.session.add_handle(Handle(fd, inode.number, is_dir=False, opener=req.caller))
     return Reply(entry_body(inode.number, st), value=fh)
+
+
+def _open_creating(dir_fd: int, name: bytes, flags: int, mode: int) -> tuple[int, bool]:
+    """open(O_CREAT) that also says whether it created the file (O_EXCL first, then the
+    existing file; again if that vanished in between)."""
+    if flags & os.O_EXCL:
+        return os.open(name, flags, mode, dir_fd=dir_fd), True
+    while True:
+        try:
+            return os.open(name, flags | os.O_EXCL, mode, dir_fd=dir_fd), True
+        except FileExistsError:
+            pass
+        try:
+            return os.open(name, flags & ~os.O_CREAT, dir_fd=dir_fd), False
+        except FileNotFoundError:
+            continue
+
+
+def _remove_created(dir_fd: int, name: bytes, fd: int) -> None:
+    """Unlink `name` if it still is the file open as `fd`."""
+    try:
+        st, now = os.fstat(fd), os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+            os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 def _file(req: Request) -> Handle:

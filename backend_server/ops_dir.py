@@ -11,8 +11,12 @@ READDIR offsets: the first READDIR of a handle at offset 0 takes a snapshot of t
 the directory; an entry's offset is its index in that snapshot plus one, so a cookie stays
 valid however the directory changes meanwhile. Entries removed since the snapshot are skipped
 when their page is built; entries added since are not shown until the next READDIR at offset
-0 (rewinddir), which POSIX allows. `.` and `..` are never returned: the kernel does not take
-lookup references for them (fuse_direntplus_link skips them), so counting them would leak.
+0 (rewinddir), which POSIX allows. `.` and `..` come first when the command asks for them
+(READDIR_DOTS, as the driver does so that `ls -a` shows them); no lookup is counted for them,
+since the kernel takes no lookup reference for them (fuse_direntplus_link skips them).
+
+An entry's lookup is counted without opening anything: the inode is identified by its file
+handle (or by this name, see `inodes`), and its descriptor is opened only if it is used.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import msgpack
 from backend_server import syscalls, wire
 from backend_server.context import EMPTY, Reply, Request
 from backend_server.handles import Handle
-from backend_server.inodes import O_PATH_FLAGS, Inode
+from backend_server.inodes import O_PATH_FLAGS, ROOT_INO, Inode
 from backend_server.names import Use, check_name, check_symlink_target, fail
 from backend_server.wire import U32_MAX, attr
+from channel.opcodes import DOT_ENTRIES, READDIR_DOTS
 from channel.protocol import pack_body
 
 #: A READDIR page built inline (in the trio thread) stops after this many entries (~0.25 ms of
@@ -62,14 +67,17 @@ def lookup(req: Request) -> Reply:
     parent = _directory(req, req.cmd.ino)
     if name == b".." and parent is req.table.root:
         name = b"."  # `..` at the root is the root: the export has no outside
-    fd = _open_child(parent.fd, name)  # needs search permission on parent, as the caller
+    # needs search permission on parent, as the caller
+    fd = req.table.opening(_open_child, parent.fd, name)
     if name == b"..":
         try:
             _confine(req, fd)
         except BaseException:
             os.close(fd)
             raise
-    return req.entry(fd)
+    # `.` is the parent itself; `..` is never recorded as a way back (it is confined now,
+    # not later): without a file handle it keeps its descriptor instead.
+    return req.entry(fd, None) if name in (b".", b"..") else req.entry(fd, parent, name)
 
 
 def _confine(req: Request, fd: int) -> None:
@@ -78,7 +86,8 @@ def _confine(req: Request, fd: int) -> None:
     `..` of a directory inside the export is inside it, unless the directory was moved out of
     the export behind the server's back; then the walk reaches the file system's root (whose
     `..` is itself) without meeting the export's root, and the lookup answers ENOENT."""
-    root_key = req.table.root.key
+    root = req.table.root
+    root_key = (root.dev, root.ino)
     current = os.dup(fd)
     try:
         while True:
@@ -107,7 +116,7 @@ def mknod(req: Request) -> Reply:
         raise fail(errno.EINVAL)
     parent = _directory(req, req.cmd.ino)
     os.mknod(name, kind | (mode & 0o7777 & ~req.umask), rdev, dir_fd=parent.fd)
-    return req.entry(_open_child(parent.fd, name))
+    return req.entry_named(parent, name)
 
 
 def mkdir(req: Request) -> Reply:
@@ -116,7 +125,7 @@ def mkdir(req: Request) -> Reply:
     mode = wire.integer(mode, 0, U32_MAX)
     parent = _directory(req, req.cmd.ino)
     os.mkdir(name, mode & 0o1777 & ~req.umask, dir_fd=parent.fd)
-    return req.entry(_open_child(parent.fd, name))
+    return req.entry_named(parent, name)
 
 
 def symlink(req: Request) -> Reply:
@@ -125,7 +134,7 @@ def symlink(req: Request) -> Reply:
     target = check_symlink_target(target)
     parent = _directory(req, req.cmd.ino)
     os.symlink(target, name, dir_fd=parent.fd)
-    return req.entry(_open_child(parent.fd, name))
+    return req.entry_named(parent, name)
 
 
 def unlink(req: Request) -> Reply:
@@ -155,6 +164,9 @@ def rename(req: Request) -> Reply:
         syscalls.renameat2(old_dir.fd, name, new_dir.fd, new_name, flags)
     else:
         os.rename(name, new_name, src_dir_fd=old_dir.fd, dst_dir_fd=new_dir.fd)
+    req.table.renamed(new_dir, new_name)
+    if flags & syscalls.RENAME_EXCHANGE:
+        req.table.renamed(old_dir, name)
     return EMPTY
 
 
@@ -171,7 +183,7 @@ def link(req: Request) -> Reply:
         # Following the magic link reaches the inode itself; no capability needed, and the
         # kernel applies protected_hardlinks and the directory's permissions as the caller.
         os.link(inode.proc_path, new_name, dst_dir_fd=new_dir.fd, follow_symlinks=True)
-    return req.entry(_open_child(new_dir.fd, new_name))
+    return req.entry_named(new_dir, new_name)
 
 
 def _link_symlink(req: Request, inode: Inode, new_dir: Inode, new_name: bytes) -> None:
@@ -203,7 +215,7 @@ def _protected_hardlinks() -> bool:
 # -- directory handles ----------------------------------------------------------------------
 def opendir(req: Request) -> Reply:
     inode = _directory(req, req.cmd.ino)
-    fd = os.open(inode.proc_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = req.table.opening(os.open, inode.proc_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     return Reply(value=req.session.add_handle(Handle(fd, inode.number, is_dir=True)))
 
 
@@ -235,7 +247,11 @@ def readdir(req: Request) -> Reply:
         raise fail(errno.EINVAL)
     names = handle.snapshot
     if cmd.offset == 0 or names is None:
-        names = handle.snapshot = snapshot_names(handle.fd)
+        names = snapshot_names(handle.fd)
+        if cmd.flags & READDIR_DOTS:
+            names[:0] = DOT_ENTRIES
+        handle.snapshot = names
+    directory = req.inode(handle.ino)
     entries: list[list[object]] = []
     room = len(out) - ARRAY_HEADER_MAX
     index = cmd.offset
@@ -250,7 +266,10 @@ def readdir(req: Request) -> Reply:
                 raise fail(errno.EINVAL, "output buffer too small for one entry")
             break
         index += 1
-        counted = _count_entry(req, handle.fd, name)
+        if name in DOT_ENTRIES:  # only a READDIR_DOTS snapshot has them
+            entries.append([name, _dot_attr(req, handle, name), index])
+            continue
+        counted = req.table.register_entry(req.session, directory, handle.fd, name)
         if counted is not None:
             inode, st = counted
             entries.append([name, attr(inode.number, st), index])
@@ -259,22 +278,13 @@ def readdir(req: Request) -> Reply:
     return Reply(pack_body([len(entries), index >= len(names)]), data_len=len(page))
 
 
-def _count_entry(req: Request, dir_fd: int, name: bytes) -> tuple[Inode, os.stat_result] | None:
-    """Count a lookup of `name` for a READDIR page; None if it was removed since the snapshot.
-    An object the table already holds (the common case: the kernel keeps what it listed)
-    needs no descriptor of its own, only its stats."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    inode = req.table.count_known(req.session, st)
-    if inode is not None:
-        return inode, st
-    try:
-        fd = _open_child(dir_fd, name)
-    except FileNotFoundError:
-        return None
-    return req.register(fd)
+def _dot_attr(req: Request, handle: Handle, name: bytes) -> list[int]:
+    """Attributes of `.` or `..` of the directory `handle` lists (counting no lookup; `..`
+    of the export's root is the root itself, as LOOKUP answers)."""
+    if name == b"." or handle.ino == ROOT_INO:
+        return attr(handle.ino, os.fstat(handle.fd))
+    st = os.stat(b"..", dir_fd=handle.fd, follow_symlinks=False)
+    return attr(req.table.number_of_name(handle.fd, b".."), st)
 
 
 def releasedir(req: Request) -> Reply:

@@ -53,9 +53,9 @@ def resolve(req: Request) -> Reply:
                     raise fail(errno.ENOTDIR)
         if register:
             held, fd = fd, -1
-            return req.entry(held)
+            return req.entry(held, start, *names) if names else req.entry(held, None)
         st = os.fstat(fd)
-        return Reply(pack_body(wire.attr(req.table.number_of(st), st)))
+        return Reply(pack_body(wire.attr(req.table.number_of(fd, st), st)))
     finally:
         if fd >= 0:
             os.close(fd)

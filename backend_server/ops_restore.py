@@ -19,7 +19,7 @@ import os
 from backend_server import wire
 from backend_server.context import EMPTY, Reply, Request
 from backend_server.handles import Handle
-from backend_server.inodes import ROOT_INO
+from backend_server.inodes import O_PATH_FLAGS, ROOT_INO
 from backend_server.names import Use, check_name, fail
 from backend_server.ops_data import open_flags
 from backend_server.ops_meta import is_special
@@ -46,13 +46,13 @@ def _restore_one(req: Request, entry: object) -> int:
         count = wire.integer(count, 1, U32_MAX)
         if name in (b".", b"..") or not parent.is_dir:
             raise fail(errno.EINVAL)
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
+        fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
         try:
             st = os.fstat(fd)
         except BaseException:
             os.close(fd)
             raise
-        req.table.restore(req.session, fd, st, number, count)
+        req.table.restore(req.session, fd, st, parent, name, number, count)
     except OSError as exc:
         return -(exc.errno or errno.EIO)
     return 0

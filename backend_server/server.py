@@ -188,7 +188,8 @@ async def serve(
     raise_soft_limit()
     budget = DescriptorBudget()
     backend = Backend(export, budget=budget)
-    budget.extra = backend.table.__len__  # every inode held is a descriptor
+    # the inodes' descriptors: a bounded cache (backend_server.inodes), not one per inode
+    budget.extra = lambda: backend.table.cached_fds
     try:
         listener = bind_listener(socket_path, policy)
     except BaseException:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 
 from backend_server.names import fail
 
@@ -113,3 +114,72 @@ def access(path: str, mask: int) -> None:
     """faccessat(..., AT_EACCESS): checked with the thread's fsuid/fsgid and groups (without
     AT_EACCESS the kernel would use the real uid, i.e. root's)."""
     _check(_faccessat(AT_FDCWD, os.fsencode(path), mask, AT_EACCESS))
+
+
+# -- file handles (name_to_handle_at / open_by_handle_at) --------------------------------------
+#: Linux's MAX_HANDLE_SZ: the largest f_handle any file system produces.
+MAX_HANDLE_SZ = 128
+SYS_setfsuid = 122
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [
+        ("handle_bytes", ctypes.c_uint),
+        ("handle_type", ctypes.c_int),
+        ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ),
+    ]
+
+
+_name_to_handle_at = _libc.name_to_handle_at
+_name_to_handle_at.argtypes = [
+    ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_FileHandle), ctypes.POINTER(ctypes.c_int),
+    ctypes.c_int,
+]  # fmt: skip
+_open_by_handle_at = _libc.open_by_handle_at
+_open_by_handle_at.argtypes = [ctypes.c_int, ctypes.POINTER(_FileHandle), ctypes.c_int]
+
+
+class _HandleBuffers(threading.local):
+    """One handle buffer per thread: READDIR takes a handle per entry, and building the
+    ctypes objects anew each time would cost more than the system call."""
+
+    def __init__(self) -> None:
+        self.handle = _FileHandle(MAX_HANDLE_SZ, 0)
+        self.mount_id = ctypes.c_int(0)
+        self.handle_ref = ctypes.byref(self.handle)
+        self.mount_ref = ctypes.byref(self.mount_id)
+        self.bytes_at = ctypes.addressof(self.handle) + _FileHandle.f_handle.offset
+
+
+_buffers = _HandleBuffers()
+
+
+def name_to_handle(dir_fd: int, name: bytes) -> tuple[int, bytes]:
+    """(mount id, handle) of `name` in `dir_fd`, or of `dir_fd` itself when `name` is empty;
+    never follows a symlink. The handle is the handle type (4 bytes) and the file system's
+    opaque bytes: equal handles mean the same inode, and the file system's generation number
+    in it means a reused inode number gets a different handle."""
+    buffers = _buffers
+    handle = buffers.handle
+    handle.handle_bytes = MAX_HANDLE_SZ
+    flags = 0 if name else AT_EMPTY_PATH
+    _check(_name_to_handle_at(dir_fd, name, buffers.handle_ref, buffers.mount_ref, flags))
+    raw = ctypes.string_at(buffers.bytes_at, handle.handle_bytes)
+    return buffers.mount_id.value, handle.handle_type.to_bytes(4, "little", signed=True) + raw
+
+
+def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
+    """open_by_handle_at: a descriptor of the inode `handle` (from `name_to_handle`) names, on
+    the mount that `mount_fd` lies on. Needs CAP_DAC_READ_SEARCH; ESTALE when the inode is
+    gone."""
+    raw = handle[4:]
+    fh = _FileHandle(len(raw), int.from_bytes(handle[:4], "little", signed=True))
+    ctypes.memmove(fh.f_handle, raw, len(raw))
+    fd = _open_by_handle_at(mount_fd, ctypes.byref(fh), flags)
+    _check(fd)
+    return int(fd)
+
+
+def swap_fsuid(uid: int) -> int:
+    """setfsuid for the calling thread; returns the previous fsuid (0xFFFFFFFF only asks)."""
+    return int(_syscall(SYS_setfsuid, ctypes.c_uint32(uid)))

@@ -142,8 +142,16 @@ ATTR_FIELDS = (
 #: READDIR's buffer holds msgpack [[name, attr, next_offset], ...]; each returned entry's
 #: lookup count was incremented (the driver FORGETs the ones it could not pass on). Its reply
 #: body is [count, ends]: `ends` is true when no entry follows this page in the listing.
+#: READDIR header flag READDIR_DOTS: the listing begins with `.` and `..` (for the kernel,
+#: which shows them to applications); no lookup is counted for those two, so they are neither
+#: remembered nor forgotten.
 #: SETATTR body keys: "mode", "uid", "gid", "size", "atime_ns", "mtime_ns" (int, or the
 #: strings "now"; an absent key means omit).
+
+
+READDIR_DOTS = 1
+#: The two names a READDIR_DOTS listing carries that count no lookup.
+DOT_ENTRIES = (b".", b"..")
 
 
 def readdir_page_ends(body: object) -> bool:

@@ -19,12 +19,13 @@ from pyfuse3 import FUSEError
 
 from channel.errors import ChannelClosed
 from channel.limits import MAX_RESTORE_BATCH, XATTR_SIZE_MAX
-from channel.opcodes import Op, readdir_page_ends
+from channel.opcodes import DOT_ENTRIES, READDIR_DOTS, Op, readdir_page_ends
 from channel.protocol import unpack_body
 from fusefront.bodies import RESTORE_BODY_BYTES, forget_bodies
 from fusefront.cache import CacheMode
 from fusefront.guard import answer_every_request
 from fusefront.link import OperationLost
+from fusefront.listing import Listing
 from fusefront.nodes import NodeTable
 from fusefront.presentation import Presentation
 
@@ -100,8 +101,8 @@ class RingOperations(pyfuse3.Operations):
         self.nodes = NodeTable()
         #: inode -> (size, mtime, ctime) when last closed here; see fusefront.cache, `auto`.
         self._closed_state: dict[int, tuple[int, int, int]] = {}
-        #: directory handle -> the offset at which the server said its listing ends
-        self._dir_end: dict[int, int] = {}
+        #: directory handle -> what the driver holds of its listing (see fusefront.listing)
+        self._listings: dict[int, Listing] = {}
 
     async def _call(self, opcode: int, body: Any = None, **kwargs: Any) -> Reply:
         try:
@@ -116,6 +117,8 @@ class RingOperations(pyfuse3.Operations):
 
     async def restore(self, client: Client) -> None:
         """Hand a new server what the kernel holds: inode numbers, then open handles."""
+        for listing in self._listings.values():
+            listing.lost()  # entries counted by the old server: the new one never counted them
         restored = lost = 0
         for batch in self.nodes.restore_batches(MAX_RESTORE_BATCH, RESTORE_BODY_BYTES):
             reply = await client.call(Op.RESTORE_INODES, batch)
@@ -318,33 +321,31 @@ class RingOperations(pyfuse3.Operations):
         return reply.value
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        if not start_id:
-            self._dir_end.pop(fh, None)  # offset 0 lists afresh: the old end means nothing
-        elif self._dir_end.get(fh) == start_id:
-            return  # the server said its listing ends here: no round trip to hear it again
-        offset = start_id
+        listing = self._listings.setdefault(fh, Listing())
+        if stale := listing.seek(start_id):
+            await self._give_back(stale)
         directory = self.nodes.handle_inode(fh) or 0
-        while True:
-            reply = await self._call(
-                Op.READDIR, fh=fh, offset=offset, size=READDIR_PAGE, read_size=READDIR_PAGE
-            )
-            entries = unpack_body(reply.data) if reply.data else []
-            for i, (name, attr, next_offset) in enumerate(entries):
-                if pyfuse3.readdir_reply(token, name, self._attr(attr), next_offset):
-                    self.nodes.learned(attr[0], directory, name)
-                else:
-                    # The server counted a lookup for every entry it sent; give back the rest
-                    # (the kernel never held them, so the node table does not change).
-                    await self._give_back([(rest[1][0], 1) for rest in entries[i:]])
-                    return
-                offset = next_offset
-            if not entries or readdir_page_ends(reply.body):
-                if offset:
-                    self._dir_end[fh] = offset
-                return
+        while not listing.ended:
+            if not listing.pending:
+                reply = await self._call(
+                    Op.READDIR, fh=fh, offset=listing.at, flags=READDIR_DOTS,
+                    size=READDIR_PAGE, read_size=READDIR_PAGE,
+                )  # fmt: skip
+                listing.fill(
+                    unpack_body(reply.data) if reply.data else [], readdir_page_ends(reply.body)
+                )
+                continue
+            name, attr, next_offset = listing.next()
+            if not pyfuse3.readdir_reply(token, name, self._attr(attr), next_offset):
+                return  # the kernel's buffer is full: the rest waits for its next READDIR
+            listing.passed()
+            if name not in DOT_ENTRIES:
+                self.nodes.learned(attr[0], directory, name)
 
     async def releasedir(self, fh: int) -> None:
-        self._dir_end.pop(fh, None)
+        listing = self._listings.pop(fh, None)
+        if listing is not None and (stale := listing.take_back()):
+            await self._give_back(stale)
         self.nodes.closed(fh)
         await self._call(Op.RELEASEDIR, fh=fh)
 

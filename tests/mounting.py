@@ -30,14 +30,26 @@ class Mount:
     server_pid: int
 
 
-def ringfs(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def ringfs(
+    *args: str, check: bool = True, timeout: float = 60, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run the `ringfs` command line; `prefix` goes before it (e.g. a `prlimit` call)."""
     return subprocess.run(
-        [*RINGFS, *args], cwd=REPO, capture_output=True, text=True, check=check, timeout=timeout
-    )
+        [*prefix, *RINGFS, *args],
+        cwd=REPO, capture_output=True, text=True, check=check, timeout=timeout,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
-def ringfs_mount(base: Path, options: str = "", export: Path | None = None) -> Iterator[Mount]:
+def ringfs_mount(
+    base: Path,
+    options: str = "",
+    export: Path | None = None,
+    *,
+    nofile: tuple[int, int] | None = None,
+) -> Iterator[Mount]:
+    """`nofile`: the (soft, hard) RLIMIT_NOFILE that `ringfs up`, and so the server and
+    the driver it starts, begin with."""
     export = export or base / "export"
     export.mkdir(exist_ok=True)
     mnt = base / "mnt"
@@ -55,7 +67,7 @@ def ringfs_mount(base: Path, options: str = "", export: Path | None = None) -> I
     ]
     if options:
         args += ["-o", options]
-    ringfs(*args)
+    ringfs(*args, prefix=("prlimit", f"--nofile={nofile[0]}:{nofile[1]}", "--") if nofile else ())
     info = json.loads(os.getxattr(mnt, "user.ringfs.info"))
     mount = Mount(mnt, export, info["driver_pid"], info["server_pid"])
     try:
