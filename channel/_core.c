@@ -75,7 +75,7 @@ static struct {
         *unpack_body;
 } cfg;
 
-static PyObject *s_flush; /* "flush" */
+static PyObject *s_flush, *s_append; /* "flush", "append" */
 static PyObject *kw_data_len, *kw_buf, *kw_value;
 
 /* -- little-endian field access on private copies ---------------------------------------- */
@@ -938,7 +938,7 @@ static PyObject *ServerCore_complete(ServerCore *self, PyObject *const *args, Py
             o_value ? Py_NewRef(o_value) : PyLong_FromLong(0));
         if (item == NULL)
             return NULL;
-        PyObject *r = PyObject_CallMethod(self->pending, "append", "O", item);
+        PyObject *r = PyObject_CallMethodOneArg(self->pending, s_append, item);
         Py_DECREF(item);
         if (r == NULL)
             return NULL;
@@ -1123,10 +1123,11 @@ PyMODINIT_FUNC PyInit__core(void)
         || PyType_Ready(&ClientCoreType) < 0 || PyType_Ready(&ServerCoreType) < 0)
         return NULL;
     s_flush = PyUnicode_InternFromString("flush");
+    s_append = PyUnicode_InternFromString("append");
     kw_data_len = PyUnicode_InternFromString("data_len");
     kw_buf = PyUnicode_InternFromString("buf");
     kw_value = PyUnicode_InternFromString("value");
-    if (!s_flush || !kw_data_len || !kw_buf || !kw_value)
+    if (!s_flush || !s_append || !kw_data_len || !kw_buf || !kw_value)
         return NULL;
     PyObject *m = PyModule_Create(&core_module);
     if (m == NULL)

@@ -4,21 +4,13 @@ By default the hot paths (post and reap, take and complete, and the ring ends) r
 compiled core `channel/_core.c`; `RINGFS_PURE=1` selects the pure-Python reference
 `channel.sides_pure` instead, for debugging. Both have the same API and behaviour
 (tests/test_core_differential.py drives them with the same streams and compares every byte).
-The compiled classes subclass the C types and take everything off the hot path (buffer pool,
-queued completions' flush) from the reference, so there is one definition of each.
+The compiled classes live in `channel.sides_compiled`.
 """
 
 from __future__ import annotations
 
 import os
-import struct
-from collections import deque
 
-from channel import layout, sides_pure
-from channel.errors import ProtocolError
-from channel.layout import ClientStat, Region, ServerStat
-from channel.protocol import NO_TOKEN, Command, Completion, unpack_body
-from channel.ring import RingConsumer, RingProducer
 from channel.sides_pure import Rejected
 
 #: "pure" or "compiled": which implementation this process runs.
@@ -46,91 +38,11 @@ if IMPLEMENTATION == "pure":
     )
 else:
     # No fallback: a missing or broken build is an ImportError here, not a silent slowdown.
-    from channel import _core
-
-    _core.configure(
-        NEED_WAKEUP=layout.NEED_WAKEUP,
-        OPCODE_COUNTERS=layout.OPCODE_COUNTERS,
-        LATENCY_BUCKETS=layout.LATENCY_BUCKETS,
-        STATS_WORDS=layout.STATS_BLOCK // 8,
-        C_COMMANDS=ClientStat.COMMANDS,
-        C_COMPLETIONS=ClientStat.COMPLETIONS,
-        C_BYTES_OUT=ClientStat.BYTES_OUT,
-        C_BYTES_IN=ClientStat.BYTES_IN,
-        C_LATENCY_SUM_NS=ClientStat.LATENCY_SUM_NS,
-        C_LATENCY=ClientStat.LATENCY,
-        C_BY_OPCODE=ClientStat.BY_OPCODE,
-        S_COMMANDS=ServerStat.COMMANDS,
-        S_COMPLETIONS=ServerStat.COMPLETIONS,
-        S_ERRORS=ServerStat.ERRORS,
-        S_AUTH_FAILURES=ServerStat.AUTH_FAILURES,
-        S_PROTOCOL_ERRORS=ServerStat.PROTOCOL_ERRORS,
-        S_BY_OPCODE=ServerStat.BY_OPCODE,
-        ProtocolError=ProtocolError,
-        struct_error=struct.error,
-        Command=Command,
-        Completion=Completion,
-        Rejected=Rejected,
-        unpack_body=unpack_body,
+    from channel.sides_compiled import (
+        ClientSide,
+        ServerSide,
+        cq_consumer,
+        cq_producer,
+        sq_consumer,
+        sq_producer,
     )
-
-    def _ring(region: Region, words: tuple[int, int, int], offset: int, entries: int,
-              producer: bool) -> _core.Producer | _core.Consumer:  # fmt: skip
-        head, tail, flags = words
-        slots = [region.slot(offset, i) for i in range(entries)]
-        kind = _core.Producer if producer else _core.Consumer
-        # A view of its own: the ring's buffer export must not pin `region.buf`, which
-        # Region.close releases; the mapping itself stays until the ring is dropped.
-        return kind(region.buf[:], head, tail, flags, offset, entries, region.geometry.slot_size,
-                    slots, producer)  # fmt: skip
-
-    _SQ = (layout.SQ_HEAD, layout.SQ_TAIL, layout.SQ_FLAGS)
-    _CQ = (layout.CQ_HEAD, layout.CQ_TAIL, layout.CQ_FLAGS)
-
-    def sq_consumer(region: Region) -> RingConsumer:
-        g = region.geometry
-        return _ring(region, _SQ, g.sq_offset, g.sq_entries, False)  # type: ignore[return-value]
-
-    def sq_producer(region: Region) -> RingProducer:
-        g = region.geometry
-        return _ring(region, _SQ, g.sq_offset, g.sq_entries, True)  # type: ignore[return-value]
-
-    def cq_consumer(region: Region) -> RingConsumer:
-        g = region.geometry
-        return _ring(region, _CQ, g.cq_offset, g.cq_entries, False)  # type: ignore[return-value]
-
-    def cq_producer(region: Region) -> RingProducer:
-        g = region.geometry
-        return _ring(region, _CQ, g.cq_offset, g.cq_entries, True)  # type: ignore[return-value]
-
-    class ClientSide(_core.ClientCore, sides_pure.ClientSide):  # type: ignore[no-redef]
-        """sides_pure.ClientSide with post and reap (and its rings) in C."""
-
-        def __init__(self, region: Region, token: bytes = NO_TOKEN) -> None:
-            g = region.geometry
-            _core.ClientCore.__init__(self, sq_producer(region), cq_consumer(region), token,
-                                      layout.CLIENT_STATS, g.buf_size)  # fmt: skip
-            self.region = region
-            self.stats = region.client_stats()
-            self.max_in_flight = g.cq_entries
-            self._buf_size = g.buf_size
-            self._free_buffers = list(range(g.buf_count - 1, -1, -1))
-            self.buffers = [region.buffer(i) for i in range(g.buf_count)]
-            self.stats[ClientStat.PID] = os.getpid()
-
-    class ServerSide(_core.ServerCore, sides_pure.ServerSide):  # type: ignore[no-redef]
-        """sides_pure.ServerSide with take and complete (and its rings) in C; the queued
-        completions' flush is the reference's."""
-
-        def __init__(self, region: Region, token: bytes) -> None:
-            g = region.geometry
-            _core.ServerCore.__init__(self, sq_consumer(region), cq_producer(region), token,
-                                      layout.SERVER_STATS, g.buf_count, g.buf_size,
-                                      deque())  # fmt: skip
-            self.region = region
-            self.stats = region.server_stats()
-            self.buf_count = g.buf_count
-            self.buf_size = g.buf_size
-            self.cq_entries = g.cq_entries
-            self.buffers = [region.buffer(i) for i in range(g.buf_count)]
-            self.stats[ServerStat.PID] = os.getpid()
