@@ -24,9 +24,13 @@ from channel.protocol import NO_BUFFER, pack_body
 G = Geometry(sq_entries=4, cq_entries=4, slot_size=256, buf_count=2, buf_size=4096)
 TOKEN = bytes(range(16))
 RING_WORDS = [
-    layout.SQ_HEAD, layout.SQ_TAIL, layout.SQ_FLAGS,
-    layout.CQ_HEAD, layout.CQ_TAIL, layout.CQ_FLAGS,
-]  # fmt: skip
+    layout.SQ_HEAD,
+    layout.SQ_TAIL,
+    layout.SQ_FLAGS,
+    layout.CQ_HEAD,
+    layout.CQ_TAIL,
+    layout.CQ_FLAGS,
+]
 #: Client statistics that depend on the clock, compared by their sum only.
 _LATENCY_WORDS = (
     layout.CLIENT_STATS // 8 + ClientStat.LATENCY_SUM_NS,
@@ -43,26 +47,62 @@ i32 = st.integers(-(2**31), 2**31 - 1)
 small = st.integers(0, 8)
 bodies = st.one_of(
     st.binary(max_size=300),  # raw bytes: often not msgpack, sometimes larger than a slot
-    st.builds(pack_body, st.one_of(st.none(), u64, st.text(max_size=40),
-                                   st.lists(i32, max_size=5))),  # fmt: skip
+    st.builds(
+        pack_body, st.one_of(st.none(), u64, st.text(max_size=40), st.lists(i32, max_size=5))
+    ),
 )
 fields = st.tuples(u16, u64, u64, u64, st.one_of(small, u32), u32, u32, u32, u32)
 buf_index = st.one_of(st.just(NO_BUFFER), st.integers(-3, 3), i32)
 data_len = st.one_of(small, st.just(4096), st.just(4097), u32)
 word_values = st.one_of(st.integers(0, 12), st.just(2**63), st.just(2**64 - 1), u64)
 
-ops = st.one_of(
-    st.tuples(st.just("post"), u16, bodies, buf_index, data_len, fields),
+good_body = st.builds(pack_body, st.one_of(st.none(), small, st.text(max_size=20)))
+good_fields = st.tuples(small, small, small, small, small, small, small, small, small)
+#: Well-formed traffic, weighted up so that commands and completions really cross...
+good = [
+    st.tuples(st.just("post"), small, good_body, st.just(NO_BUFFER), st.just(0), good_fields),
+    st.tuples(st.just("post"), small, good_body, st.integers(0, 1), small, good_fields),
     st.tuples(st.just("take")),
     st.tuples(st.just("reap")),
-    st.tuples(st.just("complete"), st.one_of(small, u64), st.one_of(st.integers(-140, 2), i32),
-              bodies, st.one_of(small, u32), buf_index, u64),  # fmt: skip
+    st.tuples(
+        st.just("complete"),
+        st.integers(1, 12),
+        st.sampled_from([0, -2, -5]),
+        good_body,
+        small,
+        st.just(NO_BUFFER),
+        small,
+    ),
+]
+#: ...and everything else a caller or a hostile peer can do.
+hostile = [
+    st.tuples(st.just("post"), u16, bodies, buf_index, data_len, fields),
+    st.tuples(
+        st.just("complete"),
+        st.one_of(small, u64),
+        st.one_of(st.integers(-140, 2), i32),
+        bodies,
+        st.one_of(small, u32),
+        buf_index,
+        u64,
+    ),
     st.tuples(st.just("flush")),
     st.tuples(st.just("park"), st.sampled_from(["server", "client"])),
     st.tuples(st.just("word"), st.sampled_from(RING_WORDS), word_values),
-    st.tuples(st.just("slot"), st.sampled_from(["sq", "cq"]), st.integers(0, G.sq_entries - 1),
-              st.integers(0, G.slot_size - 1), st.binary(min_size=1, max_size=96)),  # fmt: skip
+    st.tuples(
+        st.just("slot"),
+        st.sampled_from(["sq", "cq"]),
+        st.integers(0, G.sq_entries - 1),
+        st.integers(0, G.slot_size - 1),
+        st.binary(min_size=1, max_size=96),
+    ),
     st.tuples(st.just("token"), st.sampled_from([TOKEN, bytes(16), TOKEN[:8], TOKEN * 2])),
+]
+good.append(  # post, take, complete what was taken, reap: the whole round trip in one step
+    st.tuples(st.just("trip"), small, good_body, st.sampled_from([0, -2]), good_body, small)
+)
+ops = st.integers(0, 9).flatmap(
+    lambda i: st.one_of(*good) if i < 7 else st.one_of(*hostile)  # mostly well-formed
 )
 
 
@@ -81,18 +121,28 @@ class Pair:
             "post": lambda: c.post(*args),
             "take": s.take,
             "reap": c.reap,
-            "complete": lambda: s.complete(args[0], args[1], args[2], data_len=args[3],
-                                           buf=args[4], value=args[5]),  # fmt: skip
+            "complete": lambda: s.complete(
+                args[0], args[1], args[2], data_len=args[3], buf=args[4], value=args[5]
+            ),
             "flush": s.flush,
             "park": lambda: (s.sq if args[0] == "server" else c.cq).prepare_park(),
             "word": lambda: self._poke_word(*args),
             "slot": lambda: self._poke_slot(*args),
             "token": lambda: setattr(c, "token", args[0]),
+            "trip": lambda: self._trip(*args),
         }
         try:
             return _comparable(actions[kind]())
         except Exception as exc:  # the error is part of the result
             return ("raised", type(exc), str(exc))
+
+    def _trip(self, opcode: int, body: bytes, status: int, reply: bytes, value: int) -> object:
+        c, s = self.client, self.server
+        posted = c.post(opcode, body, NO_BUFFER, 0, (0, 1, 2, 3, 0, 5, 6, 7, 8))
+        taken = s.take()
+        if isinstance(taken, tuple):
+            s.complete(taken.tag, status, reply, value=value)
+        return posted, _comparable(taken), _comparable(c.reap())
 
     def _poke_word(self, offset: int, value: int) -> None:
         self.region.words[offset // 8] = value
@@ -112,8 +162,18 @@ class Pair:
         for i in _LATENCY_WORDS:
             words[i] = 0
         words.release()
-        return (bytes(raw), latency, sorted(c.in_flight), c._next_tag, c.sq.tail, c.cq.head,
-                s.sq.head, s.cq.tail, s.outstanding, list(s.pending))  # fmt: skip
+        return (
+            bytes(raw),
+            latency,
+            sorted(c.in_flight),
+            c._next_tag,
+            c.sq.tail,
+            c.cq.head,
+            s.sq.head,
+            s.cq.tail,
+            s.outstanding,
+            list(s.pending),
+        )
 
 
 def _comparable(result: object) -> object:
@@ -131,15 +191,17 @@ def _pairs(client_token: bytes, noise: bytes) -> tuple[Pair, Pair]:
         span = region.buf[g.sq_offset : g.buffers_offset]
         span[: len(noise)] = noise
         span.release()
-    return (Pair(sides_pure, pure_region, client_token),
-            Pair(sides_compiled, core_region, client_token))  # fmt: skip
+    return (
+        Pair(sides_pure, pure_region, client_token),
+        Pair(sides_compiled, core_region, client_token),
+    )
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    stream=st.lists(ops, max_size=60),
-    client_token=st.sampled_from([TOKEN, bytes(16)]),
-    noise=st.binary(max_size=G.sq_entries * G.slot_size + G.cq_entries * G.slot_size),
+    stream=st.lists(ops, max_size=80),
+    client_token=st.sampled_from([TOKEN, TOKEN, bytes(16)]),
+    noise=st.one_of(st.just(b""), st.binary(max_size=(G.sq_entries + G.cq_entries) * G.slot_size)),
 )
 def test_same_stream_same_results_and_bytes(
     stream: list[tuple[Any, ...]], client_token: bytes, noise: bytes
@@ -163,9 +225,12 @@ def test_a_whole_round_trip_agrees() -> None:
     try:
         for i in range(40):
             body = pack_body(["name", i])
-            stream = [("post", 3, body, i % 2, 10, (0, i, 0, 0, 10, 0, 0, 0, 0)), ("take",),
-                      ("complete", i + 1, -2 if i % 5 == 0 else 0, pack_body(i), 5, i % 2, i),
-                      ("reap",)]  # fmt: skip
+            stream = [
+                ("post", 3, body, i % 2, 10, (0, i, 0, 0, 10, 0, 0, 0, 0)),
+                ("take",),
+                ("complete", i + 1, -2 if i % 5 == 0 else 0, pack_body(i), 5, i % 2, i),
+                ("reap",),
+            ]
             for op in stream:
                 assert core.run(op) == pure.run(op), op
             assert core.state() == pure.state()
