@@ -14,7 +14,11 @@
  *   - each shared field is read once, into a local, and only the local is validated and used
  *     (headers are copied word by word with atomic loads before being parsed; bodies are
  *     copied into a private bytes object before msgpack sees them);
- *   - the mapping is held through a buffer export, so it cannot be unmapped under us.
+ *   - the core reaches the mapping only through the memoryviews the Python side holds (the
+ *     header page's words, one view per slot, the statistics block) and checks that a view
+ *     is not released before each use: `Region.close` can then unmap at once, as with the
+ *     reference, and a released region is a ValueError here, never a dangling pointer. (The
+ *     GIL is held from the check to the last access, so the mapping cannot go in between.)
  *
  * Memory ordering (x86-64 only; channel/ring.py refuses to import elsewhere). This is the
  * argument of channel/ring.py, restated for the C code that relies on it:
@@ -147,61 +151,86 @@ static int to_range(PyObject *o, long long lo, long long hi, long long *out)
  * ======================================================================================== */
 typedef struct {
     PyObject_HEAD
-    Py_buffer view; /* the whole region; held, so the mapping outlives us */
-    char *base;
+    PyObject *words; /* memoryview of the header page (Region.words) */
     uint64_t *head_p, *tail_p, *flags_p;
-    char *slots_p;
     unsigned long long entries, mask, pos; /* pos: tail (producer) or head (consumer) */
     Py_ssize_t slot_size;
-    PyObject *slots; /* list of memoryviews, one per slot (made in Python) */
+    PyObject *slots; /* tuple of memoryviews, one per slot (made in Python) */
 } Ring;
 
-static int word_ptr(Ring *r, Py_ssize_t off, uint64_t **out)
+/* A memoryview the core may still use: not released, nor its exporter. */
+static inline int live(PyObject *view)
 {
-    if (off < 0 || off % 8 || off > r->view.len - 8) {
-        PyErr_Format(PyExc_ValueError, "ring word offset %zd outside the region", off);
+    PyMemoryViewObject *m = (PyMemoryViewObject *)view;
+    if ((m->flags & _Py_MEMORYVIEW_RELEASED) || (m->mbuf->flags & _Py_MANAGED_BUFFER_RELEASED)) {
+        PyErr_SetString(PyExc_ValueError, "operation forbidden on released memoryview object");
         return -1;
     }
-    *out = (uint64_t *)(r->base + off);
     return 0;
 }
 
-/* Ring(buf, head, tail, flags, slots_offset, entries, slot_size, slots, producer) */
+/* A writable, contiguous memoryview of at least `min_len` bytes, 8-byte aligned. */
+static Py_buffer *usable_view(PyObject *o, Py_ssize_t min_len, const char *what)
+{
+    if (!PyMemoryView_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a memoryview", what);
+        return NULL;
+    }
+    if (live(o) < 0)
+        return NULL;
+    Py_buffer *b = PyMemoryView_GET_BUFFER(o);
+    if (b->readonly || !PyBuffer_IsContiguous(b, 'C') || b->len < min_len
+        || ((uintptr_t)b->buf) % 8) {
+        PyErr_Format(PyExc_ValueError, "%s is not a writable view of %zd aligned bytes", what,
+                     min_len);
+        return NULL;
+    }
+    return b;
+}
+
+static int word_ptr(Py_buffer *words, Py_ssize_t off, uint64_t **out)
+{
+    if (off < 0 || off % 8 || off > words->len - 8) {
+        PyErr_Format(PyExc_ValueError, "ring word offset %zd outside the header", off);
+        return -1;
+    }
+    *out = (uint64_t *)((char *)words->buf + off);
+    return 0;
+}
+
+/* Ring(words, head, tail, flags, entries, slot_size, slots, producer): `words` is the
+ * header page's view, head/tail/flags byte offsets into it, `slots` a tuple of `entries`
+ * views of `slot_size` bytes each. */
 static int Ring_init(Ring *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *buf, *slots;
-    Py_ssize_t head, tail, flags, slots_off, entries, slot_size;
+    PyObject *words, *slots;
+    Py_ssize_t head, tail, flags, entries, slot_size;
     int producer;
     (void)kwds;
-    if (!PyArg_ParseTuple(args, "OnnnnnnO!p", &buf, &head, &tail, &flags, &slots_off, &entries,
-                          &slot_size, &PyList_Type, &slots, &producer))
+    if (!PyArg_ParseTuple(args, "OnnnnnO!p", &words, &head, &tail, &flags, &entries,
+                          &slot_size, &PyTuple_Type, &slots, &producer))
         return -1;
-    if (self->base != NULL) {
+    if (self->words != NULL) {
         PyErr_SetString(PyExc_TypeError, "ring already initialised");
         return -1;
     }
-    if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0)
-        return -1;
-    self->base = self->view.buf;
-    if (((uintptr_t)self->base) % 8) {
-        PyErr_SetString(PyExc_ValueError, "region not 8-byte aligned");
+    if (entries <= 0 || (entries & (entries - 1)) || slot_size < COMMAND_SIZE
+        || PyTuple_GET_SIZE(slots) != entries) {
+        PyErr_SetString(PyExc_ValueError, "ring geometry is not a power of two of slots");
         return -1;
     }
-    if (entries <= 0 || (entries & (entries - 1)) || slot_size <= 0 || slot_size % 8
-        || slots_off < 0 || slots_off % 8 || PyList_GET_SIZE(slots) != entries
-        || entries > (self->view.len - slots_off) / slot_size) {
-        PyErr_SetString(PyExc_ValueError, "ring geometry does not fit the region");
+    for (Py_ssize_t i = 0; i < entries; i++)
+        if (usable_view(PyTuple_GET_ITEM(slots, i), slot_size, "a slot") == NULL)
+            return -1;
+    Py_buffer *w = usable_view(words, 8, "the header page");
+    if (w == NULL || word_ptr(w, head, &self->head_p) < 0 || word_ptr(w, tail, &self->tail_p) < 0
+        || word_ptr(w, flags, &self->flags_p) < 0)
         return -1;
-    }
-    if (word_ptr(self, head, &self->head_p) < 0 || word_ptr(self, tail, &self->tail_p) < 0
-        || word_ptr(self, flags, &self->flags_p) < 0)
-        return -1;
-    self->slots_p = self->base + slots_off;
+    self->words = Py_NewRef(words);
     self->entries = (unsigned long long)entries;
     self->mask = self->entries - 1;
     self->slot_size = slot_size;
-    Py_INCREF(slots);
-    self->slots = slots;
+    self->slots = Py_NewRef(slots);
     /* Each side starts from the current word of the counter it owns. */
     self->pos = load_word(producer ? self->tail_p : self->head_p);
     return 0;
@@ -210,15 +239,23 @@ static int Ring_init(Ring *self, PyObject *args, PyObject *kwds)
 static void Ring_dealloc(Ring *self)
 {
     Py_CLEAR(self->slots);
-    if (self->base != NULL)
-        PyBuffer_Release(&self->view);
+    Py_CLEAR(self->words);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* The slot of `counter` (masked: always one of the ring's views), or NULL if released. */
 static inline char *ring_slot(Ring *r, unsigned long long counter)
 {
-    return r->slots_p + (Py_ssize_t)(counter & r->mask) * r->slot_size;
+    PyObject *view = PyTuple_GET_ITEM(r->slots, (Py_ssize_t)(counter & r->mask));
+    return live(view) < 0 ? NULL : PyMemoryView_GET_BUFFER(view)->buf;
 }
+
+/* Before each use of the ring's words. */
+#define RING_LIVE(r, fail)                                                                     \
+    do {                                                                                       \
+        if ((r) == NULL || live((r)->words) < 0)                                               \
+            return fail;                                                                       \
+    } while (0)
 
 static void corrupt(const char *fmt, unsigned long long a, unsigned long long b,
                     unsigned long long entries)
@@ -236,6 +273,7 @@ static void corrupt(const char *fmt, unsigned long long a, unsigned long long b,
 /* Free slots of a producer, or -1 with ProtocolError set. */
 static long long producer_free(Ring *r)
 {
+    RING_LIVE(r, -1);
     unsigned long long head = load_word(r->head_p);
     unsigned long long used = r->pos - head;
     if (r->pos < head || used > r->entries) {
@@ -248,6 +286,7 @@ static long long producer_free(Ring *r)
 /* Filled slots of a consumer, or -1 with ProtocolError set. */
 static long long consumer_available(Ring *r)
 {
+    RING_LIVE(r, -1);
     unsigned long long tail = load_word(r->tail_p);
     unsigned long long ready = tail - r->pos;
     if (tail < r->pos || ready > r->entries) {
@@ -257,6 +296,7 @@ static long long consumer_available(Ring *r)
     return (long long)ready;
 }
 
+/* Callers have checked the ring's words are live. */
 static inline int publish(Ring *r, unsigned long long count)
 {
     r->pos += count;
@@ -275,7 +315,7 @@ static PyObject *Producer_free_slots(Ring *self, PyObject *unused)
 static PyObject *Ring_slot_at_pos(Ring *self, PyObject *unused)
 {
     (void)unused;
-    PyObject *slot = PyList_GET_ITEM(self->slots, (Py_ssize_t)(self->pos & self->mask));
+    PyObject *slot = PyTuple_GET_ITEM(self->slots, (Py_ssize_t)(self->pos & self->mask));
     return Py_NewRef(slot);
 }
 
@@ -291,6 +331,7 @@ static PyObject *Producer_publish(Ring *self, PyObject *const *args, Py_ssize_t 
         if (count == (unsigned long long)-1 && PyErr_Occurred())
             return NULL;
     }
+    RING_LIVE(self, NULL);
     return PyBool_FromLong(publish(self, count));
 }
 
@@ -313,6 +354,7 @@ static PyObject *Consumer_release(Ring *self, PyObject *const *args, Py_ssize_t 
         if (count == (unsigned long long)-1 && PyErr_Occurred())
             return NULL;
     }
+    RING_LIVE(self, NULL);
     self->pos += count;
     store_word(self->head_p, self->pos);
     Py_RETURN_NONE;
@@ -321,6 +363,7 @@ static PyObject *Consumer_release(Ring *self, PyObject *const *args, Py_ssize_t 
 static PyObject *Consumer_prepare_park(Ring *self, PyObject *unused)
 {
     (void)unused;
+    RING_LIVE(self, NULL);
     store_word(self->flags_p, load_word(self->flags_p) | cfg.need_wakeup);
     full_fence(); /* the flag store must be visible before the tail is re-read */
     long long n = consumer_available(self);
@@ -336,6 +379,7 @@ static PyObject *Consumer_prepare_park(Ring *self, PyObject *unused)
 static PyObject *Consumer_finish_park(Ring *self, PyObject *unused)
 {
     (void)unused;
+    RING_LIVE(self, NULL);
     store_word(self->flags_p, load_word(self->flags_p) & ~cfg.need_wakeup);
     Py_RETURN_NONE;
 }
@@ -343,6 +387,7 @@ static PyObject *Consumer_finish_park(Ring *self, PyObject *unused)
 static PyObject *Consumer_parked(Ring *self, void *unused)
 {
     (void)unused;
+    RING_LIVE(self, NULL);
     return PyBool_FromLong((load_word(self->flags_p) & cfg.need_wakeup) != 0);
 }
 
@@ -413,14 +458,13 @@ static PyTypeObject ConsumerType = {
     .tp_getset = Consumer_getset,
 };
 
-/* Statistics words of one side: a bounds-checked pointer into the mapping. */
-static int stats_ptr(Ring *r, Py_ssize_t off, uint64_t **out)
+/* Statistics words of one side: its view, checked to hold the whole block. */
+static int stats_ptr(PyObject *view, uint64_t **out)
 {
-    if (off < 0 || off % 8 || cfg.stats_words <= 0 || off > r->view.len - 8 * cfg.stats_words) {
-        PyErr_SetString(PyExc_ValueError, "statistics block outside the region");
+    Py_buffer *b = usable_view(view, 8 * cfg.stats_words, "the statistics block");
+    if (b == NULL)
         return -1;
-    }
-    *out = (uint64_t *)(r->base + off);
+    *out = b->buf;
     return 0;
 }
 
@@ -482,24 +526,26 @@ typedef struct {
     PyObject *token;
     PyObject *in_flight; /* dict: tag -> submit time (ns) */
     unsigned long long next_tag;
+    PyObject *stats_view; /* the side's statistics block (Region.client_stats()) */
     uint64_t *stats;
     Py_ssize_t buf_size;
 } ClientCore;
 
-/* ClientCore(sq, cq, token, stats_offset, buf_size) */
+/* ClientCore(sq, cq, token, stats, buf_size) */
 static int ClientCore_init(ClientCore *self, PyObject *args, PyObject *kwds)
 {
     Ring *sq, *cq;
-    PyObject *token;
-    Py_ssize_t stats_off, buf_size;
+    PyObject *token, *stats;
+    Py_ssize_t buf_size;
     (void)kwds;
     if (check_ready() < 0)
         return -1;
-    if (!PyArg_ParseTuple(args, "O!O!Onn", &ProducerType, &sq, &ConsumerType, &cq, &token,
-                          &stats_off, &buf_size))
+    if (!PyArg_ParseTuple(args, "O!O!OOn", &ProducerType, &sq, &ConsumerType, &cq, &token,
+                          &stats, &buf_size))
         return -1;
-    if (stats_ptr(sq, stats_off, &self->stats) < 0)
+    if (stats_ptr(stats, &self->stats) < 0)
         return -1;
+    Py_XSETREF(self->stats_view, Py_NewRef(stats));
     Py_XSETREF(self->sq, (Ring *)Py_NewRef(sq));
     Py_XSETREF(self->cq, (Ring *)Py_NewRef(cq));
     Py_XSETREF(self->token, Py_NewRef(token));
@@ -517,6 +563,7 @@ static int ClientCore_traverse(ClientCore *self, visitproc visit, void *arg)
     Py_VISIT(self->cq);
     Py_VISIT(self->token);
     Py_VISIT(self->in_flight);
+    Py_VISIT(self->stats_view);
     return 0;
 }
 
@@ -526,6 +573,7 @@ static int ClientCore_clear(ClientCore *self)
     Py_CLEAR(self->cq);
     Py_CLEAR(self->token);
     Py_CLEAR(self->in_flight);
+    Py_CLEAR(self->stats_view);
     return 0;
 }
 
@@ -611,7 +659,9 @@ static PyObject *ClientCore_post(ClientCore *self, PyObject *const *args, Py_ssi
     put32(header + C_UMASK, (uint32_t)f[8]);
     put32(header + C_RESERVED, 0);
 
-    char *slot = ring_slot(sq, sq->pos); /* masked: always inside the SQ */
+    char *slot = ring_slot(sq, sq->pos); /* masked: always one of the SQ's slots */
+    if (slot == NULL || live(sq->words) < 0 || live(self->stats_view) < 0)
+        goto fail;
     memcpy(slot, header, COMMAND_SIZE);
     if (n)
         memcpy(slot + COMMAND_SIZE, body.buf, (size_t)n);
@@ -653,6 +703,8 @@ static PyObject *ClientCore_reap(ClientCore *self, PyObject *unused)
         if (ready == 0)
             Py_RETURN_NONE;
         const char *slot = ring_slot(cq, cq->pos);
+        if (slot == NULL || live(self->stats_view) < 0)
+            return NULL;
         copy_words_in(h, slot, COMPLETION_SIZE); /* each header field read once */
         uint64_t tag = get64(h + R_TAG), value = get64(h + R_VALUE);
         int32_t status = (int32_t)get32(h + R_STATUS), buf = (int32_t)get32(h + R_BUF);
@@ -729,6 +781,7 @@ static PyMemberDef ClientCore_members[] = {
     {"cq", T_OBJECT, offsetof(ClientCore, cq), READONLY, NULL},
     {"token", T_OBJECT, offsetof(ClientCore, token), 0, NULL},
     {"in_flight", T_OBJECT, offsetof(ClientCore, in_flight), READONLY, NULL},
+    {"stats", T_OBJECT, offsetof(ClientCore, stats_view), READONLY, NULL},
     {"_next_tag", T_ULONGLONG, offsetof(ClientCore, next_tag), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
@@ -742,24 +795,26 @@ typedef struct {
     PyObject *token;
     PyObject *pending; /* deque of queued completions (flushed by the Python subclass) */
     Py_ssize_t outstanding;
+    PyObject *stats_view; /* the side's statistics block (Region.server_stats()) */
     uint64_t *stats;
     Py_ssize_t buf_count, buf_size;
 } ServerCore;
 
-/* ServerCore(sq, cq, token, stats_offset, buf_count, buf_size, pending) */
+/* ServerCore(sq, cq, token, stats, buf_count, buf_size, pending) */
 static int ServerCore_init(ServerCore *self, PyObject *args, PyObject *kwds)
 {
     Ring *sq, *cq;
-    PyObject *token, *pending;
-    Py_ssize_t stats_off, buf_count, buf_size;
+    PyObject *token, *pending, *stats;
+    Py_ssize_t buf_count, buf_size;
     (void)kwds;
     if (check_ready() < 0)
         return -1;
-    if (!PyArg_ParseTuple(args, "O!O!OnnnO", &ConsumerType, &sq, &ProducerType, &cq, &token,
-                          &stats_off, &buf_count, &buf_size, &pending))
+    if (!PyArg_ParseTuple(args, "O!O!OOnnO", &ConsumerType, &sq, &ProducerType, &cq, &token,
+                          &stats, &buf_count, &buf_size, &pending))
         return -1;
-    if (stats_ptr(sq, stats_off, &self->stats) < 0)
+    if (stats_ptr(stats, &self->stats) < 0)
         return -1;
+    Py_XSETREF(self->stats_view, Py_NewRef(stats));
     Py_XSETREF(self->sq, (Ring *)Py_NewRef(sq));
     Py_XSETREF(self->cq, (Ring *)Py_NewRef(cq));
     Py_XSETREF(self->token, Py_NewRef(token));
@@ -776,6 +831,7 @@ static int ServerCore_traverse(ServerCore *self, visitproc visit, void *arg)
     Py_VISIT(self->cq);
     Py_VISIT(self->token);
     Py_VISIT(self->pending);
+    Py_VISIT(self->stats_view);
     return 0;
 }
 
@@ -785,6 +841,7 @@ static int ServerCore_clear(ServerCore *self)
     Py_CLEAR(self->cq);
     Py_CLEAR(self->token);
     Py_CLEAR(self->pending);
+    Py_CLEAR(self->stats_view);
     return 0;
 }
 
@@ -816,6 +873,8 @@ static PyObject *ServerCore_take(ServerCore *self, PyObject *unused)
         Py_RETURN_NONE; /* every free CQ slot is promised to a command already taken */
     uint64_t *stats = self->stats;
     const char *slot = ring_slot(sq, sq->pos);
+    if (slot == NULL || live(self->stats_view) < 0)
+        return NULL;
     unsigned char h[COMMAND_SIZE];
     copy_words_in(h, slot, COMMAND_SIZE); /* each shared field read exactly once */
     uint64_t tag = get64(h + C_TAG);
@@ -914,6 +973,8 @@ static PyObject *ServerCore_complete(ServerCore *self, PyObject *const *args, Py
     status = PyLong_AsLongLongAndOverflow(o_status, &overflow);
     if (status == -1 && PyErr_Occurred())
         return NULL;
+    if (live(self->stats_view) < 0)
+        return NULL;
     self->outstanding -= 1;
     uint64_t *stats = self->stats;
     bump(stats, cfg.s_completions, 1);
@@ -970,7 +1031,12 @@ static PyObject *ServerCore_complete(ServerCore *self, PyObject *const *args, Py
     put32(h + R_DATA_LEN, (uint32_t)data_len);
     put32(h + R_BUF, (uint32_t)(int32_t)buf);
     put64(h + R_VALUE, value);
-    char *slot = ring_slot(cq, cq->pos);
+    char *slot = ring_slot(cq, cq->pos); /* cq's words were checked by producer_free */
+    if (slot == NULL) {
+        if (o_body)
+            PyBuffer_Release(&body);
+        return NULL;
+    }
     memcpy(slot, h, COMPLETION_SIZE);
     if (n)
         memcpy(slot + COMPLETION_SIZE, body.buf, (size_t)n);
@@ -993,6 +1059,7 @@ static PyMemberDef ServerCore_members[] = {
     {"cq", T_OBJECT, offsetof(ServerCore, cq), READONLY, NULL},
     {"token", T_OBJECT, offsetof(ServerCore, token), 0, NULL},
     {"pending", T_OBJECT, offsetof(ServerCore, pending), READONLY, NULL},
+    {"stats", T_OBJECT, offsetof(ServerCore, stats_view), READONLY, NULL},
     {"outstanding", T_PYSSIZET, offsetof(ServerCore, outstanding), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };

@@ -15,14 +15,14 @@ def configure(**constants: Any) -> None: ...
 
 class Producer(RingProducer):
     def __init__(
-        self, buf: memoryview, head: int, tail: int, flags: int, slots_offset: int,
-        entries: int, slot_size: int, slots: list[memoryview], producer: bool,
+        self, words: memoryview, head: int, tail: int, flags: int, entries: int,
+        slot_size: int, slots: tuple[memoryview, ...], producer: bool,
     ) -> None: ...  # fmt: skip
 
 class Consumer(RingConsumer):
     def __init__(
-        self, buf: memoryview, head: int, tail: int, flags: int, slots_offset: int,
-        entries: int, slot_size: int, slots: list[memoryview], producer: bool,
+        self, words: memoryview, head: int, tail: int, flags: int, entries: int,
+        slot_size: int, slots: tuple[memoryview, ...], producer: bool,
     ) -> None: ...  # fmt: skip
 
 class ClientCore:
@@ -31,8 +31,9 @@ class ClientCore:
     token: bytes
     in_flight: dict[int, int]
     _next_tag: int
+    stats: memoryview
     def __init__(
-        self, sq: RingProducer, cq: RingConsumer, token: bytes, stats_offset: int, buf_size: int
+        self, sq: RingProducer, cq: RingConsumer, token: bytes, stats: memoryview, buf_size: int
     ) -> None: ...
     def post(
         self, opcode: int, body: bytes, buf: int, data_len: int, fields: HeaderFields
@@ -45,8 +46,9 @@ class ServerCore:
     token: bytes
     pending: deque[tuple[int, int, bytes, int, int, int]]
     outstanding: int
+    stats: memoryview
     def __init__(
-        self, sq: RingConsumer, cq: RingProducer, token: bytes, stats_offset: int, buf_count: int,
+        self, sq: RingConsumer, cq: RingProducer, token: bytes, stats: memoryview, buf_count: int,
         buf_size: int, pending: deque[tuple[int, int, bytes, int, int, int]],
     ) -> None: ...  # fmt: skip
     def take(self) -> Command | Rejected | None: ...

@@ -47,15 +47,16 @@ _core.configure(
 )
 
 
-def _ring(region: Region, words: tuple[int, int, int], offset: int, entries: int,
-          producer: bool) -> _core.Producer | _core.Consumer:  # fmt: skip
+def _ring(
+    region: Region, words: tuple[int, int, int], offset: int, entries: int, producer: bool
+) -> _core.Producer | _core.Consumer:
     head, tail, flags = words
-    slots = [region.slot(offset, i) for i in range(entries)]
+    # The core holds these views (no buffer export of its own), so Region.close and
+    # client.release_views unmap at once, and the core refuses a released one.
+    slots = tuple(region.slot(offset, i) for i in range(entries))
     kind = _core.Producer if producer else _core.Consumer
-    # A view of its own: the ring's buffer export must not pin `region.buf`, which
-    # Region.close releases; the mapping itself stays until the ring is dropped.
-    return kind(region.buf[:], head, tail, flags, offset, entries, region.geometry.slot_size,
-                slots, producer)  # fmt: skip
+    return kind(region.words, head, tail, flags, entries, region.geometry.slot_size, slots,
+                producer)  # fmt: skip
 
 
 _SQ = (layout.SQ_HEAD, layout.SQ_TAIL, layout.SQ_FLAGS)
@@ -88,9 +89,8 @@ class ClientSide(_core.ClientCore, sides_pure.ClientSide):
     def __init__(self, region: Region, token: bytes = NO_TOKEN) -> None:
         g = region.geometry
         _core.ClientCore.__init__(self, sq_producer(region), cq_consumer(region), token,
-                                  layout.CLIENT_STATS, g.buf_size)  # fmt: skip
+                                  region.client_stats(), g.buf_size)  # fmt: skip
         self.region = region
-        self.stats = region.client_stats()
         self.max_in_flight = g.cq_entries
         self._buf_size = g.buf_size
         self._free_buffers = list(range(g.buf_count - 1, -1, -1))
@@ -105,10 +105,9 @@ class ServerSide(_core.ServerCore, sides_pure.ServerSide):
     def __init__(self, region: Region, token: bytes) -> None:
         g = region.geometry
         _core.ServerCore.__init__(self, sq_consumer(region), cq_producer(region), token,
-                                  layout.SERVER_STATS, g.buf_count, g.buf_size,
+                                  region.server_stats(), g.buf_count, g.buf_size,
                                   deque())  # fmt: skip
         self.region = region
-        self.stats = region.server_stats()
         self.buf_count = g.buf_count
         self.buf_size = g.buf_size
         self.cq_entries = g.cq_entries

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from channel import layout, sides_compiled, sides_pure
+from channel.client import release_views
 from channel.layout import ClientStat, Geometry, Region
 from channel.protocol import NO_BUFFER, pack_body
 
@@ -255,3 +256,27 @@ def test_out_of_range_fields_raise_struct_error(sides: Any) -> None:
         assert server.cq.free_slots() == G.cq_entries
     finally:
         region.close()
+
+
+@pytest.mark.parametrize("sides", [sides_pure, sides_compiled])
+def test_a_closed_region_is_an_error_not_a_dangling_mapping(sides: Any) -> None:
+    """Closing releases the views the sides use; the mapping goes at once (no export keeps
+    it), and every later call is a ValueError instead of an access to unmapped memory."""
+    region = Region.create(G)
+    client, server = sides.ClientSide(region, TOKEN), sides.ServerSide(region, TOKEN)
+    client.post(1, b"", NO_BUFFER, 0, (0,) * 9)
+    release_views(client)
+    release_views(server)
+    region.close()
+    assert region.mmap.closed  # nothing pinned the mapping
+    calls = [
+        lambda: client.post(1, b"", NO_BUFFER, 0, (0,) * 9),
+        client.reap,
+        server.take,
+        lambda: server.complete(1, 0),
+        client.sq.free_slots,
+        server.sq.prepare_park,
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="released"):
+            call()
