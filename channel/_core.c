@@ -588,7 +588,7 @@ static void ClientCore_dealloc(ClientCore *self)
 /* The token as the '16s' struct field packs it: bytes, zero-padded or truncated. */
 static int pack_token(PyObject *token, unsigned char *dst)
 {
-    if (!PyBytes_Check(token)) {
+    if (token == NULL || !PyBytes_Check(token)) {
         PyErr_SetString(cfg.struct_error, "argument for 's' must be a bytes object");
         return -1;
     }
@@ -659,22 +659,30 @@ static PyObject *ClientCore_post(ClientCore *self, PyObject *const *args, Py_ssi
     put32(header + C_UMASK, (uint32_t)f[8]);
     put32(header + C_RESERVED, 0);
 
-    char *slot = ring_slot(sq, sq->pos); /* masked: always one of the SQ's slots */
-    if (slot == NULL || live(sq->words) < 0 || live(self->stats_view) < 0)
-        goto fail;
-    memcpy(slot, header, COMMAND_SIZE);
-    if (n)
-        memcpy(slot + COMMAND_SIZE, body.buf, (size_t)n);
-    PyBuffer_Release(&body);
-
     PyObject *ptag = PyLong_FromUnsignedLongLong(tag);
     PyObject *started = PyLong_FromUnsignedLongLong(now_ns());
     if (ptag == NULL || started == NULL || PyDict_SetItem(self->in_flight, ptag, started) < 0) {
         Py_XDECREF(ptag);
         Py_XDECREF(started);
-        return NULL;
+        goto fail;
     }
     Py_DECREF(started);
+    /* From this check to the publish nothing allocates, so no Python code (a GC finaliser,
+     * another thread) can run and release the views between the check and the accesses. */
+    char *slot = ring_slot(sq, sq->pos); /* masked: always one of the SQ's slots */
+    if (slot == NULL || live(sq->words) < 0 || live(self->stats_view) < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyDict_DelItem(self->in_flight, ptag) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        Py_DECREF(ptag);
+        goto fail;
+    }
+    memcpy(slot, header, COMMAND_SIZE);
+    if (n)
+        memcpy(slot + COMMAND_SIZE, body.buf, (size_t)n);
+    PyBuffer_Release(&body);
     uint64_t *stats = self->stats;
     bump(stats, cfg.c_commands, 1);
     bump(stats, cfg.c_by_opcode + opcode_counter((unsigned)opcode), 1);
@@ -721,6 +729,11 @@ static PyObject *ClientCore_reap(ClientCore *self, PyObject *unused)
         } else {
             body = decode_body(slot + COMPLETION_SIZE, body_len);
         }
+        /* Python ran since the check (error text, msgpack): the views may be gone now. */
+        if (live(cq->words) < 0) {
+            Py_XDECREF(body);
+            return NULL;
+        }
         cq->pos += 1; /* released whatever the slot held, as the reference's `finally` */
         store_word(cq->head_p, cq->pos);
         if (body == NULL)
@@ -753,6 +766,11 @@ static PyObject *ClientCore_reap(ClientCore *self, PyObject *unused)
             return NULL;
         }
         uint64_t elapsed = now_ns() - t0;
+        if (live(self->stats_view) < 0) {
+            Py_DECREF(ptag);
+            Py_DECREF(body);
+            return NULL;
+        }
         uint64_t *stats = self->stats;
         bump(stats, cfg.c_completions, 1);
         bump(stats, cfg.c_latency_sum, elapsed);
@@ -898,6 +916,11 @@ static PyObject *ServerCore_take(ServerCore *self, PyObject *unused)
     }
     if (!PyErr_Occurred())
         body = decode_body(slot + COMMAND_SIZE, body_len); /* the bound was checked above */
+    /* Python ran since the checks (error text, msgpack): the views may be gone now. */
+    if (live(sq->words) < 0 || live(self->stats_view) < 0) {
+        Py_XDECREF(body);
+        return NULL;
+    }
     sq->pos += 1; /* everything needed was copied out of the slot */
     store_word(sq->head_p, sq->pos);
     self->outstanding += 1;
@@ -905,21 +928,21 @@ static PyObject *ServerCore_take(ServerCore *self, PyObject *unused)
     if (body == NULL) {
         if (!PyErr_ExceptionMatches(cfg.protocol_error))
             return NULL;
-        PyErr_Clear();
         bump(stats, cfg.s_protocol_errors, 1);
+        PyErr_Clear();
         return rejected(tag, -EPROTO);
     }
     /* Constant-time token comparison (hmac.compare_digest's contract). */
     unsigned char diff = 1;
-    if (PyBytes_Check(self->token) && PyBytes_GET_SIZE(self->token) == TOKEN_SIZE) {
+    if (self->token != NULL && PyBytes_Check(self->token) && PyBytes_GET_SIZE(self->token) == TOKEN_SIZE) {
         const unsigned char *mine = (const unsigned char *)PyBytes_AS_STRING(self->token);
         diff = 0;
         for (int i = 0; i < TOKEN_SIZE; i++)
             diff |= (unsigned char)(mine[i] ^ h[C_TOKEN + i]);
     }
     if (diff) {
-        Py_DECREF(body);
         bump(stats, cfg.s_auth_failures, 1);
+        Py_DECREF(body);
         return rejected(tag, -EACCES);
     }
     uint16_t opcode = get16(h + C_OPCODE);
@@ -1031,8 +1054,8 @@ static PyObject *ServerCore_complete(ServerCore *self, PyObject *const *args, Py
     put32(h + R_DATA_LEN, (uint32_t)data_len);
     put32(h + R_BUF, (uint32_t)(int32_t)buf);
     put64(h + R_VALUE, value);
-    char *slot = ring_slot(cq, cq->pos); /* cq's words were checked by producer_free */
-    if (slot == NULL) {
+    char *slot = ring_slot(cq, cq->pos);
+    if (slot == NULL || live(cq->words) < 0) {
         if (o_body)
             PyBuffer_Release(&body);
         return NULL;
