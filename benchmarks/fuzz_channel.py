@@ -6,7 +6,9 @@ buffers, random ring indices, scribbles over the header page, garbage handshakes
 `--check-every` cases a separate well-behaved channel proves the server is alive and its data
 intact. The last line is `fuzz_channel: cases=N ok` (or the failure).
 
-    .venv/bin/python benchmarks/fuzz_channel.py [--cases N] [--quick] [--seed S]
+    .venv/bin/python benchmarks/fuzz_channel.py [--cases N] [--quick] [--seed S] [--pure]
+
+The server runs the compiled core unless `--pure` (or RINGFS_PURE=1) selects the reference.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="20,000 cases")
     p.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "little"))
     p.add_argument("--check-every", type=int, default=1000)
+    p.add_argument("--pure", action="store_true", help="the server runs the pure-Python sides")
     args = p.parse_args()
+    env = dict(os.environ)
+    if args.pure:
+        env["RINGFS_PURE"] = "1"
+    print(f"server sides: {'pure' if env.get('RINGFS_PURE') == '1' else 'compiled'}")
     cases = 20_000 if args.quick else args.cases
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="ringfs-fuzz-") as tmp:
@@ -43,6 +50,7 @@ def main() -> int:
         server = subprocess.Popen(
             [sys.executable, "-m", "backend_server", str(export), "--socket", str(sock)],
             stderr=None if os.environ.get("RINGFS_FUZZ_LOG") else subprocess.DEVNULL,
+            env=env,
         )
         try:
             wait_for_socket(str(sock), time.monotonic() + START_TIMEOUT, server)

@@ -29,6 +29,8 @@ WITHOUT_FUSE = frozenset(
     {
         "test_protocol.py",
         "test_ring.py",
+        "test_core_differential.py",
+        "test_core_selection.py",
         "test_nodes.py",
         "test_import_rules.py",
         "test_docs.py",
