@@ -21,11 +21,11 @@ one the kernel reported at handshake (`channel.creds`); header uid/gid/pid are i
 header umask is honoured (it can only restrict the caller's own new files).
 
 Checks that apply to many operations are made in one place, `_check_admissible`, before
-an operation runs, from the opcodes' own flags (`channel.opcodes`): a channel of a read-only
-mount gets EROFS for every command that `mutates`; an application channel gets EMFILE for
+an operation runs, from the opcodes' own flags (`channel.protocol.opcodes`): a channel of a
+read-only mount gets EROFS for every command that `mutates`; an application channel gets EMFILE for
 one that opens a handle past its channel's or its user's limit (`handles.HandleQuota`), and
 ENFILE for one that may hold another descriptor once the server is down to the reserve it
-keeps for the mount's own channel (`channel.descriptors`).
+keeps for the mount's own channel (`channel.transport.descriptors`).
 
 Channel state is released by `channel_closed(channel)`, which the Backend also registers in
 `channel.on_close` on first contact; calling it twice is harmless.
@@ -51,9 +51,9 @@ from backend_server.identity import NO_CALLER, Identity, Switcher
 from backend_server.inodes import ROOT_INO, InodeTable
 from backend_server.names import fail
 from backend_server.session import Session
-from channel.descriptors import DescriptorBudget
-from channel.opcodes import HOLDS_DESCRIPTOR, OPENS_HANDLE, Op, mutates
-from channel.protocol import Command, pack_body
+from channel.protocol.codec import Command, pack_body
+from channel.protocol.opcodes import HOLDS_DESCRIPTOR, OPENS_HANDLE, Op, mutates
+from channel.transport.descriptors import DescriptorBudget
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from backend_server.handles import Handle
 from backend_server.identity import Identity, Switcher
 from backend_server.inodes import Inode, InodeTable
 from backend_server.wire import entry_body
-from channel.protocol import Command
+from channel.protocol.codec import Command
 
 if TYPE_CHECKING:
     from backend_server.session import Session

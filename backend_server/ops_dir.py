@@ -30,7 +30,7 @@ from backend_server.handles import Handle
 from backend_server.inodes import O_PATH_FLAGS, Inode
 from backend_server.names import Use, check_name, check_symlink_target, fail
 from backend_server.wire import U32_MAX, attr
-from channel.protocol import pack_body
+from channel.protocol.codec import pack_body
 
 #: A READDIR page built inline (in the trio thread) stops after this many entries (~0.25 ms of
 #: work); a page built in a worker thread is bounded by the output buffer alone.

@@ -24,8 +24,8 @@ from backend_server.names import Use, check_name, fail
 from backend_server.ops_data import open_flags
 from backend_server.ops_meta import is_special
 from backend_server.wire import U32_MAX, U64_MAX
-from channel.limits import MAX_RESTORE_BATCH
-from channel.protocol import pack_body
+from channel.protocol.codec import pack_body
+from channel.protocol.limits import MAX_RESTORE_BATCH
 
 #: Flags that made sense at the original open but must not act again on a re-open.
 _NOT_AGAIN = os.O_TRUNC | os.O_CREAT | os.O_EXCL

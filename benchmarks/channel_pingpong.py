@@ -28,9 +28,9 @@ import trio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from channel.client import BlockingClient, TrioClient  # noqa: E402
-from channel.opcodes import Op  # noqa: E402
-from channel.socket_transport import SocketBlockingClient, SocketTrioClient  # noqa: E402
+from channel.protocol.opcodes import Op  # noqa: E402
+from channel.transport.shm_client import BlockingClient, TrioClient  # noqa: E402
+from channel.transport.socket_client import SocketBlockingClient, SocketTrioClient  # noqa: E402
 from tests.echo_server import EchoServer  # noqa: E402
 
 IDLE_PAUSE = 0.03

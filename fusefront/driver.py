@@ -17,10 +17,10 @@ from typing import Any, Protocol
 import pyfuse3
 from pyfuse3 import FUSEError
 
-from channel.errors import ChannelClosed
-from channel.limits import MAX_RESTORE_BATCH, XATTR_SIZE_MAX
-from channel.opcodes import Op, readdir_page_ends
-from channel.protocol import unpack_body
+from channel.protocol.codec import unpack_body
+from channel.protocol.errors import ChannelClosed
+from channel.protocol.limits import MAX_RESTORE_BATCH, XATTR_SIZE_MAX
+from channel.protocol.opcodes import Op, readdir_page_ends
 from fusefront.bodies import RESTORE_BODY_BYTES, forget_bodies
 from fusefront.cache import CacheMode
 from fusefront.guard import answer_every_request

@@ -29,8 +29,8 @@ from typing import Any
 
 import trio
 
-from channel.errors import ChannelClosed, HandshakeRefused
-from channel.opcodes import Op
+from channel.protocol.errors import ChannelClosed, HandshakeRefused
+from channel.protocol.opcodes import Op
 
 log = logging.getLogger(__name__)
 

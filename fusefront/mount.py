@@ -28,11 +28,11 @@ from typing import IO, Any
 import pyfuse3
 import trio
 
-from channel import limits
-from channel.client import TrioClient
-from channel.errors import HandshakeRefused
-from channel.layout import Geometry
-from channel.socket_transport import SocketTrioClient
+from channel.protocol import limits
+from channel.protocol.errors import HandshakeRefused
+from channel.protocol.layout import Geometry
+from channel.transport.shm_client import TrioClient
+from channel.transport.socket_client import SocketTrioClient
 from fusefront.control import ControlSocket
 from fusefront.dirty_limits import lift_for_writeback
 from fusefront.driver import RingOperations

@@ -1,7 +1,7 @@
 """A tiny trio echo server for the channel tests and benchmarks, and a fixture to run it.
 
 Run as `python -m tests.echo_server SOCKET [--secret HEX] [--trust-forwarded]`. It serves
-shared-memory and socket-transport channels through `channel.poller.serve_connection` and
+shared-memory and socket-transport channels through `channel.transport.serve.serve_connection` and
 answers every command the same way:
 
 * the reply body is the command's body; `value` is the CRC-32 of the input data;
@@ -27,8 +27,9 @@ from typing import Any
 
 import trio
 
-from channel.poller import AnyChannel, Poller, serve_connection
-from channel.protocol import Command, pack_body
+from channel.protocol.codec import Command, pack_body
+from channel.transport.serve import AnyChannel, serve_connection
+from channel.transport.shm_server import Poller
 from tests.reporting_process import ReportingProcess
 
 

@@ -20,20 +20,22 @@ import random
 import time
 from pathlib import Path
 
-from channel import doorbell, layout
-from channel.client import BlockingClient
-from channel.errors import HandshakeRefused, ProtocolError
-from channel.handshake import ClientConnection, connect, exchange, make_hello
-from channel.layout import Geometry
-from channel.opcodes import Op
-from channel.protocol import (
+from channel.protocol import layout
+from channel.protocol.codec import (
     COMMAND_HEADER,
     NO_BUFFER,
     decode_completion,
     encode_command,
     pack_body,
 )
-from channel.sides import cq_consumer, sq_producer
+from channel.protocol.errors import HandshakeRefused, ProtocolError
+from channel.protocol.handshake import make_hello
+from channel.protocol.layout import Geometry
+from channel.protocol.opcodes import Op
+from channel.protocol.sides import cq_consumer, sq_producer
+from channel.transport import doorbell
+from channel.transport.handshake_io import ClientConnection, connect, exchange
+from channel.transport.shm_client import BlockingClient
 
 FUZZ_GEOMETRY = Geometry(sq_entries=8, cq_entries=8, slot_size=512, buf_count=2, buf_size=4096)
 #: Seconds the server may take to answer everything we queued before it counts as a hang.

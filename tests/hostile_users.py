@@ -20,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from channel import handshake
-from channel.errors import HandshakeRefused
+from channel.protocol import handshake
+from channel.protocol.errors import HandshakeRefused
+from channel.transport import handshake_io
 
 NOBODY = 65534
 #: How long a child may take to set up what it holds.
@@ -115,7 +116,7 @@ def answers(
 def refusal_of(sock: socket.socket) -> tuple[int, str]:
     """The refusal a server or driver sent on `sock`, as (errno, reason)."""
     try:
-        handshake.parse_answer(handshake.recv_message(sock))
+        handshake.parse_answer(handshake_io.recv_message(sock))
     except HandshakeRefused as exc:
         return exc.errno or 0, exc.strerror or str(exc)
     finally:

@@ -6,7 +6,8 @@ It prints `ready`, then `open <channel_id> <peer pid>` and `closed <channel_id>`
 tests can watch channel lifetimes from outside, and exits cleanly on SIGTERM.
 
 Clients:
-* `ServerProcess.client(role=...)`: a `channel.client.BlockingClient` in the test process.
+* `ServerProcess.client(role=...)`: a `channel.transport.shm_client.BlockingClient` in the
+  test process.
 * `UserClient`: a forked child that drops to another uid/gid *before* its handshake and then
   serves `call`s sent to it over a pipe, so the server sees a non-root peer (SO_PEERCRED).
 """
@@ -26,9 +27,10 @@ from typing import Any
 
 import trio
 
-from channel.client import BlockingClient, Reply
-from channel.layout import Geometry
-from channel.poller import AnyChannel
+from channel.protocol.layout import Geometry
+from channel.transport.calls import Reply
+from channel.transport.serve import AnyChannel
+from channel.transport.shm_client import BlockingClient
 from tests.reporting_process import ReportingProcess
 
 #: Geometry of test channels: small, but with buffers as large as FUSE's largest I/O.

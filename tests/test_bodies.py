@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from channel.limits import MAX_RESTORE_BATCH, NAME_MAX
-from channel.protocol import pack_body
+from channel.protocol.codec import pack_body
+from channel.protocol.limits import MAX_RESTORE_BATCH, NAME_MAX
 from fusefront.bodies import FORGETS_PER_BODY, MAX_BODY, RESTORE_BODY_BYTES, forget_bodies
 from fusefront.nodes import ROOT_INO, NodeTable
 

@@ -9,8 +9,8 @@ import signal
 import time
 from pathlib import Path
 
-from channel.client import BlockingClient
-from channel.opcodes import Op
+from channel.protocol.opcodes import Op
+from channel.transport.shm_client import BlockingClient
 from tests.server_harness import GEOMETRY, ServerProcess
 
 CYCLES = 1000

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import trio
 
-from channel.direct import AsyncDirectClient, DirectClient
-from channel.opcodes import Op
+from channel.protocol.opcodes import Op
+from fusefront.direct import AsyncDirectClient, DirectClient
 from tests.mounting import Mount, ringfs, ringfs_mount
 
 NOBODY = 65534
@@ -253,9 +253,10 @@ def test_the_example_reads_a_file_through_its_own_channel(mount: Mount) -> None:
 
 
 def test_the_control_socket_refuses_what_it_should_not_forward(mount: Mount) -> None:
-    from channel.direct import control_socket
-    from channel.errors import ChannelError
-    from channel.handshake import PeerCredentials, exchange, make_hello
+    from channel.protocol.errors import ChannelError
+    from channel.protocol.handshake import PeerCredentials, make_hello
+    from channel.transport.handshake_io import exchange
+    from fusefront.direct import control_socket
 
     path = control_socket(mount.path)
     forged = PeerCredentials(pid=1, uid=0, gid=0)

@@ -3,8 +3,9 @@
 * docs/wire-format.md's tables are what `docs/gen_wire_tables.py` writes from the code today;
 * every relative link in README.md, SECURITY.md and docs/ names a file of the repository, and
   nothing points outside it;
-* every file path (`channel/ring.py`) and dotted name (`channel.sides.ServerSide.take`) that
-  the documents quote as code exists.
+* every file path (`channel/protocol/ring.py`) and dotted name
+  (`channel.protocol.sides.ServerSide.take`) that the
+  documents quote as code exists.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def test_generator_notices_a_changed_layout(monkeypatch: pytest.MonkeyPatch) -> 
     current = gen.DOC.read_text(encoding="utf-8")
     import struct
 
-    from channel import protocol
+    from channel.protocol import codec as protocol
 
     monkeypatch.setattr(protocol, "COMPLETION_HEADER", struct.Struct("<QiIIiQQ"))
     with pytest.raises(ValueError, match="7 fields, 6 names"):

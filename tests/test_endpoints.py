@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from channel import doorbell, layout
-from channel.client import BlockingClient, Reply, TrioClient
-from channel.errors import ChannelClosed
-from channel.layout import ClientStat, Geometry, ServerStat
-from channel.opcodes import Op
-from channel.socket_transport import SocketBlockingClient, SocketTrioClient
+from channel.protocol import layout
+from channel.protocol.errors import ChannelClosed
+from channel.protocol.layout import ClientStat, Geometry, ServerStat
+from channel.protocol.opcodes import Op
+from channel.transport import doorbell
+from channel.transport.calls import Reply
+from channel.transport.shm_client import BlockingClient, TrioClient
+from channel.transport.socket_client import SocketBlockingClient, SocketTrioClient
 from tests.echo_server import EchoServer
 from tests.reporting_process import REPO
 
@@ -142,8 +144,8 @@ async def test_socket_trio_client(server: EchoServer) -> None:
 
 _CLIENT = """
 import sys, time
-from channel.client import BlockingClient
-from channel.opcodes import Op
+from channel.transport.shm_client import BlockingClient
+from channel.protocol.opcodes import Op
 c = BlockingClient.connect(sys.argv[1])
 c.call(Op.NOP, 1)
 print("ready", flush=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from backend_server import syscalls
-from channel.opcodes import Op
+from channel.protocol.opcodes import Op
 from tests.mounting import Mount, ringfs_mount
 from tests.server_harness import ServerProcess
 

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck as Health
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from channel import doorbell, layout
+from channel.protocol import layout
+from channel.transport import doorbell
 from tests.fuzzing import ChannelFuzzer, HealthCheck
 from tests.server_harness import ServerProcess
 

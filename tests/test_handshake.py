@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from channel import doorbell, handshake, layout, limits
-from channel.client import BlockingClient
-from channel.errors import HandshakeRefused, ProtocolError
-from channel.handshake import PeerCredentials
-from channel.layout import Geometry, Region
-from channel.opcodes import Op
+from channel.protocol import handshake, layout, limits
+from channel.protocol.errors import HandshakeRefused, ProtocolError
+from channel.protocol.handshake import PeerCredentials
+from channel.protocol.layout import Geometry, Region
+from channel.protocol.opcodes import Op
+from channel.transport import doorbell, handshake_io
+from channel.transport.shm_client import BlockingClient
 from tests.echo_server import EchoServer
 
 SMALL = Geometry(sq_entries=8, cq_entries=8, slot_size=512, buf_count=2, buf_size=4096)
@@ -53,7 +54,7 @@ def _raw_exchange(path: Path, payload: bytes, fds: Sequence[int] = (), framed: b
         sock.connect(str(path))
         message = handshake.frame(payload) if framed else payload
         socket.send_fds(sock, [message], list(fds)) if fds else sock.sendall(message)
-        answer = handshake.recv_message(sock)
+        answer = handshake_io.recv_message(sock)
     with pytest.raises(HandshakeRefused) as refused:
         handshake.parse_answer(answer)
     return str(refused.value)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from channel import doorbell
-from channel.client import BlockingClient
-from channel.layout import Geometry, ServerStat
-from channel.opcodes import Op
+from channel.protocol.layout import Geometry, ServerStat
+from channel.protocol.opcodes import Op
+from channel.transport import doorbell
+from channel.transport.shm_client import BlockingClient
 from tests.server_harness import GEOMETRY, ServerProcess
 
 #: Victim calls measured with and without the flood.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from channel.limits import NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX
+from channel.protocol.limits import NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX
 from tests.mounting import Mount, ringfs_mount
 
 LONGEST_FUSE_NAME = PATH_MAX - 1

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from channel.limits import LOG_BACKUPS, LOG_MAX_BYTES
+from channel.protocol.limits import LOG_BACKUPS, LOG_MAX_BYTES
 from fusefront.cli.runtime import default_log
 from fusefront.mountinfo import is_ringfs_type, mount_type
 from tests.mounting import REPO, RINGFS, ringfs, ringfs_mount

@@ -1,4 +1,4 @@
-"""Hostile local users against the limits (`channel.limits`, listed in SECURITY.md).
+"""Hostile local users against the limits (`channel.protocol.limits`, listed in SECURITY.md).
 
 Each test takes resources as an unprivileged uid (65534, in a child process: see
 `tests.hostile_users`) on a real `ringfs up ... -o allow_other` mount or a real server, and
@@ -27,12 +27,12 @@ from typing import Any
 
 import pytest
 
-from channel import limits
-from channel.client import BlockingClient
-from channel.direct import DirectClient
-from channel.errors import HandshakeRefused
-from channel.layout import Geometry
-from channel.opcodes import Op
+from channel.protocol import limits
+from channel.protocol.errors import HandshakeRefused
+from channel.protocol.layout import Geometry
+from channel.protocol.opcodes import Op
+from channel.transport.shm_client import BlockingClient
+from fusefront.direct import DirectClient
 from tests.hostile_users import NOBODY, AsUser, answers, idle_connections
 from tests.mounting import Mount, ringfs_mount
 from tests.server_harness import ServerProcess
@@ -361,7 +361,7 @@ def test_a_server_out_of_descriptors_backs_off_and_keeps_serving(server: ServerP
 
 
 def test_refusals_are_oserrors_with_an_errno() -> None:
-    from channel import handshake
+    from channel.protocol import handshake
 
     with pytest.raises(HandshakeRefused) as caught:
         handshake.parse_answer(handshake.make_refusal("uid 7 holds 64 channels", errno.EAGAIN))

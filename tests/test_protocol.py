@@ -8,10 +8,7 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from channel.errors import ProtocolError
-from channel.layout import Geometry, Region, ServerStat
-from channel.opcodes import Op
-from channel.protocol import (
+from channel.protocol.codec import (
     COMMAND_HEADER,
     NO_BUFFER,
     Command,
@@ -21,7 +18,10 @@ from channel.protocol import (
     encode_completion,
     pack_body,
 )
-from channel.sides import ClientSide, Rejected, ServerSide
+from channel.protocol.errors import ProtocolError
+from channel.protocol.layout import Geometry, Region, ServerStat
+from channel.protocol.opcodes import Op
+from channel.protocol.sides import ClientSide, Rejected, ServerSide
 
 G = Geometry(sq_entries=4, cq_entries=4, slot_size=512, buf_count=4, buf_size=8192)
 TOKEN = os.urandom(16)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from channel import handshake
-from channel.direct import DirectClient
-from channel.errors import ProtocolError
-from channel.opcodes import MUTATING, Op, mutates
+from channel.protocol import handshake
+from channel.protocol.errors import ProtocolError
+from channel.protocol.opcodes import MUTATING, Op, mutates
+from fusefront.direct import DirectClient
 from tests.mounting import Mount, ringfs_mount
 
 CONTENT = b"keep me\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from channel.opcodes import Op
+from channel.protocol.opcodes import Op
 from tests.server_harness import ServerProcess
 
 

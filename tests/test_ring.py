@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from channel import layout
-from channel.errors import ProtocolError
-from channel.layout import Geometry, Region
-from channel.sides import cq_consumer, cq_producer, sq_consumer, sq_producer
+from channel.protocol import layout
+from channel.protocol.errors import ProtocolError
+from channel.protocol.layout import Geometry, Region
+from channel.protocol.sides import cq_consumer, cq_producer, sq_consumer, sq_producer
 
 SMALL = Geometry(sq_entries=8, cq_entries=4, slot_size=256, buf_count=2, buf_size=4096)
 

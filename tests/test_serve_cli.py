@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from channel.client import BlockingClient
-from channel.direct import DirectClient
-from channel.layout import Geometry
-from channel.opcodes import Op
+from channel.protocol.layout import Geometry
+from channel.protocol.opcodes import Op
+from channel.transport.shm_client import BlockingClient
+from fusefront.direct import DirectClient
 from fusefront.mount import START_TIMEOUT, wait_for_socket
 from tests.mounting import RINGFS, ringfs
 

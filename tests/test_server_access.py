@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from channel import limits
-from channel.client import BlockingClient
-from channel.errors import HandshakeRefused
-from channel.layout import Geometry
-from channel.opcodes import Op
+from channel.protocol import limits
+from channel.protocol.errors import HandshakeRefused
+from channel.protocol.layout import Geometry
+from channel.protocol.opcodes import Op
+from channel.transport.shm_client import BlockingClient
 from fusefront.mount import START_TIMEOUT, wait_for_socket
 
 NOBODY = 65534

@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from channel.client import BlockingClient, Reply
-from channel.limits import NAME_MAX
-from channel.opcodes import ATTR_FIELDS, Op
-from channel.protocol import unpack_body
+from channel.protocol.codec import unpack_body
+from channel.protocol.limits import NAME_MAX
+from channel.protocol.opcodes import ATTR_FIELDS, Op
+from channel.transport.calls import Reply
+from channel.transport.shm_client import BlockingClient
 from tests.server_harness import ServerProcess, UserClient, wait_until
 
 NOBODY = 65534

@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from channel.stats import rates
+from channel.transport.stats import rates
 from fusefront.cli import stats, stats_prometheus, stats_watch
 from tests.mounting import REPO, RINGFS, ringfs, ringfs_mount
 

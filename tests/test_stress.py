@@ -2,7 +2,7 @@
 (a full pipeline, nobody sleeps) and idle phases (pauses that let both consumers park), and
 none is lost, duplicated, corrupted, or waits past the sleep bound.
 
-The client side is driven at the level of `ClientSide` plus `channel.doorbell` (the same
+The client side is driven at the level of `ClientSide` plus `channel.transport.doorbell` (the same
 pieces `BlockingClient` is made of) so that it can keep a whole ring of commands in flight:
 one `call` at a time would make a million round trips take minutes.
 """
@@ -14,11 +14,12 @@ import time
 import zlib
 from pathlib import Path
 
-from channel import doorbell, handshake, limits
-from channel.layout import ClientStat, Geometry, ServerStat
-from channel.opcodes import Op
-from channel.protocol import pack_body
-from channel.sides import ClientSide
+from channel.protocol import limits
+from channel.protocol.codec import pack_body
+from channel.protocol.layout import ClientStat, Geometry, ServerStat
+from channel.protocol.opcodes import Op
+from channel.protocol.sides import ClientSide
+from channel.transport import doorbell, handshake_io
 from tests.echo_server import EchoServer
 
 TOTAL = 1_000_000
@@ -43,14 +44,14 @@ def _payload(seq: int) -> bytes:
 
 def test_million_commands(tmp_path: Path) -> None:
     with EchoServer(tmp_path / "sock") as server:
-        conn = handshake.connect(server.path, geometry=GEOMETRY)
+        conn = handshake_io.connect(server.path, geometry=GEOMETRY)
         try:
             _run(conn)
         finally:
             conn.close()
 
 
-def _run(conn: handshake.ClientConnection) -> None:
+def _run(conn: handshake_io.ClientConnection) -> None:
     side = ClientSide(conn.region, conn.accept.token)
     buffers = side.buffers
     clock = doorbell.IdleClock(limits.DEFAULT_IDLE_SPIN)

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from channel.errors import ProtocolError
+from channel.protocol.errors import ProtocolError
 
 #: tag, opcode, flags, body_len, token, buf, data_len, ino, fh, offset, size, uid, gid, pid,
 #: umask, reserved. `buf` is a data-buffer index or NO_BUFFER.

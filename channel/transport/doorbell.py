@@ -25,9 +25,9 @@ from collections.abc import Callable
 
 import trio
 
-from channel import limits
-from channel.errors import ChannelClosed
-from channel.ring import RingConsumer, RingProducer
+from channel.protocol import limits
+from channel.protocol.errors import ChannelClosed
+from channel.protocol.ring import RingConsumer, RingProducer
 
 
 def make_eventfd() -> int:

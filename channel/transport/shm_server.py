@@ -36,14 +36,15 @@ from collections.abc import Callable
 
 import trio
 
-from channel import doorbell, limits
-from channel.client import release_views
-from channel.errors import HandshakeRefused, ProtocolError
-from channel.handshake import Hello, PeerCredentials, Release, accept_channel
-from channel.layout import Region, ServerStat
-from channel.protocol import NO_BUFFER, Command
-from channel.sides import Rejected, ServerSide
-from channel.socket_transport import SocketServerChannel, run_close_callbacks
+from channel.protocol import limits
+from channel.protocol.codec import NO_BUFFER, Command
+from channel.protocol.errors import ProtocolError
+from channel.protocol.handshake import PeerCredentials
+from channel.protocol.layout import Region, ServerStat
+from channel.protocol.sides import Rejected, ServerSide
+from channel.transport import doorbell
+from channel.transport.regions import release_views
+from channel.transport.server_api import run_close_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -319,57 +320,3 @@ class Poller:
                 channel.side.sq.finish_park()
                 if not work:
                     channel.side.stats[ServerStat.SLEEPS] += 1
-
-
-AnyChannel = ServerChannel | SocketServerChannel
-
-
-async def serve_connection(
-    sock: trio.socket.SocketType,
-    poller: Poller,
-    handler: Callable[[AnyChannel, Command], None],
-    *,
-    next_channel_id: Callable[[], int],
-    secret: bytes | None = None,
-    trust_forwarded: Callable[[PeerCredentials], bool] = lambda creds: False,
-    authorize: Callable[[PeerCredentials], str | None] = lambda creds: None,
-    admit: Callable[[PeerCredentials, Hello], Release] = lambda creds, hello: lambda: None,
-    on_channel: Callable[[AnyChannel], None] | None = None,
-    deadline: float | None = None,
-) -> None:
-    """Serve one accepted connection for its whole life: handshake (refused peers get their
-    reason and are hung up on), then the channel until its peer goes away; always closes.
-    `on_channel` runs right after the handshake, e.g. to register `on_close` callbacks;
-    `authorize`, `admit` and `deadline` are `accept_channel`'s."""
-    try:
-        channel = await accept_channel(
-            sock,
-            next_channel_id=next_channel_id,
-            secret=secret,
-            trust_forwarded=trust_forwarded,
-            authorize=authorize,
-            admit=admit,
-            idle_spin=poller.clock.idle_spin,
-            deadline=deadline,
-        )
-    except HandshakeRefused as exc:
-        # A peer that hangs up before saying hello is usually a liveness probe.
-        quiet = "closed during the hello" in str(exc)
-        log.log(logging.DEBUG if quiet else logging.INFO, "handshake refused: %s", exc)
-        sock.close()
-        return
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        if on_channel is not None:
-            on_channel(channel)
-        if channel.closed:
-            return
-        if isinstance(channel, SocketServerChannel):
-            await channel.run(handler)
-        else:
-            poller.add(channel)
-            await channel.watch_peer()
-    finally:
-        channel.close()

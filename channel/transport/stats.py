@@ -11,9 +11,9 @@ import glob
 import os
 from typing import Any
 
-from channel import layout
-from channel.layout import ClientStat, Region, ServerStat
-from channel.opcodes import Op
+from channel.protocol import layout
+from channel.protocol.layout import ClientStat, Region, ServerStat
+from channel.protocol.opcodes import Op
 
 
 def _percentile_us(histogram: list[int], fraction: float) -> float | None:

@@ -23,7 +23,7 @@ Memory ordering (x86-64 only; `_require_total_store_order` refuses to run elsewh
     argument: at least one side then sees the other's store). Should it ever fail anyway, the
     sleeper's bounded sleep (limits.SLEEP_BOUND) turns a lost wake-up into a short delay.
 
-None of this module does I/O: the eventfd writes and sleeps live in `channel.doorbell`.
+None of this module does I/O: the eventfd writes and sleeps live in `channel.transport.doorbell`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from __future__ import annotations
 import platform
 import threading
 
-from channel.errors import ProtocolError
-from channel.layout import NEED_WAKEUP, Region
+from channel.protocol.errors import ProtocolError
+from channel.protocol.layout import NEED_WAKEUP, Region
 
 
 def _require_total_store_order() -> None:

@@ -26,8 +26,8 @@ import os
 import struct
 from dataclasses import dataclass
 
-from channel import limits
-from channel.errors import ProtocolError
+from channel.protocol import limits
+from channel.protocol.errors import ProtocolError
 
 MAGIC = b"RINGFS\x00\x01"
 PAGE_SIZE = 4096

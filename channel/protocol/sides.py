@@ -3,7 +3,7 @@
 `ClientSide` submits commands and reaps completions; `ServerSide` takes commands (checking
 each one's token against the channel's) and publishes completions. Both keep the statistics
 counters their side owns. Eventfd rings and sleeps belong to the adapters in
-`channel.doorbell`, `channel.client` and `channel.poller`; this module only says *when* a
+`channel.transport` (doorbell, shm_client, shm_server); this module only says *when* a
 wake-up is needed, so tests can drive it byte by byte.
 """
 
@@ -15,10 +15,8 @@ from collections import deque
 from hmac import compare_digest
 from time import monotonic_ns
 
-from channel import layout
-from channel.errors import ProtocolError
-from channel.layout import ClientStat, Region, ServerStat
-from channel.protocol import (
+from channel.protocol import layout
+from channel.protocol.codec import (
     NO_BUFFER,
     NO_TOKEN,
     Command,
@@ -31,7 +29,9 @@ from channel.protocol import (
     write_command,
     write_completion,
 )
-from channel.ring import RingConsumer, RingProducer
+from channel.protocol.errors import ProtocolError
+from channel.protocol.layout import ClientStat, Region, ServerStat
+from channel.protocol.ring import RingConsumer, RingProducer
 
 _LAST_OPCODE_COUNTER = layout.OPCODE_COUNTERS - 1
 _LAST_BUCKET = layout.LATENCY_BUCKETS - 1

@@ -37,11 +37,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from channel.client import BlockingClient, Reply, TrioClient
-from channel.errors import ChannelClosed
-from channel.layout import Geometry
-from channel.opcodes import Op, readdir_page_ends
-from channel.protocol import unpack_body
+from channel.protocol.codec import unpack_body
+from channel.protocol.errors import ChannelClosed
+from channel.protocol.layout import Geometry
+from channel.protocol.opcodes import Op, readdir_page_ends
+from channel.transport.calls import Reply
+from channel.transport.shm_client import BlockingClient, TrioClient
 
 #: The mount root's attribute naming the driver's sockets (see fusefront.mount.DriverInfo).
 INFO_XATTR = "user.ringfs.info"
@@ -88,7 +89,7 @@ def _check(reply: Reply, path: Any = None) -> Reply:
 
 
 def stat_result(attr: list[int]) -> os.stat_result:
-    """An os.stat_result from an `attr` list (channel.opcodes.ATTR_FIELDS)."""
+    """An os.stat_result from an `attr` list (channel.protocol.opcodes.ATTR_FIELDS)."""
     ino, mode, nlink, uid, gid, _rdev, size, _blocks, _blksize, atime, mtime, ctime = attr
     return os.stat_result(
         (mode, ino, 0, nlink, uid, gid, size, atime / 1e9, mtime / 1e9, ctime / 1e9)

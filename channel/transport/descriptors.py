@@ -14,7 +14,7 @@ import os
 import resource
 from collections.abc import Callable
 
-from channel import limits
+from channel.protocol import limits
 
 
 def soft_limit() -> int:
