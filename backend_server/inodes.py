@@ -33,11 +33,11 @@ import threading
 from typing import TYPE_CHECKING
 
 from backend_server.names import fail
+from channel.protocol.opcodes import ROOT_INO
 
 if TYPE_CHECKING:
     from backend_server.session import Session
 
-ROOT_INO = 1
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 

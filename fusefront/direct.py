@@ -40,16 +40,13 @@ from typing import Any, Self
 from channel.protocol.codec import unpack_body
 from channel.protocol.errors import ChannelClosed
 from channel.protocol.layout import Geometry
-from channel.protocol.opcodes import Op, readdir_page_ends
+from channel.protocol.opcodes import READDIR_PAGE, ROOT_INO, Op, readdir_page_ends
 from channel.transport.calls import Reply
 from channel.transport.shm_client import BlockingClient, TrioClient
+from fusefront.mountinfo import INFO_XATTR
 
-#: The mount root's attribute naming the driver's sockets (see fusefront.mount.DriverInfo).
-INFO_XATTR = "user.ringfs.info"
-ROOT = 1
 #: An application channel: a few commands in flight, four 1 MiB data buffers.
 DIRECT_GEOMETRY = Geometry(sq_entries=32, cq_entries=32, slot_size=8192, buf_count=4)
-READDIR_PAGE = 64 * 1024
 #: Lookups given back in one BATCH_FORGET once this many are owed.
 FORGET_BATCH = 64
 
@@ -115,7 +112,7 @@ class Plans:
     # -- names --------------------------------------------------------------------------
     def _resolve(self, parts: list[bytes], path: Any) -> Generator[Call, Reply, int]:
         """Look `parts` up with one lookup counted (owed back later); its inode number."""
-        reply = _check((yield Call(Op.RESOLVE, [parts, True], {"ino": ROOT})), path)
+        reply = _check((yield Call(Op.RESOLVE, [parts, True], {"ino": ROOT_INO})), path)
         return int(reply.body[0][0])
 
     def _parent(self, path: Any) -> Generator[Call, Reply, tuple[int, bytes]]:
@@ -126,7 +123,7 @@ class Plans:
         return parent, parts[-1]
 
     def _give_back(self, ino: int, count: int = 1) -> Plan:
-        if ino != ROOT:
+        if ino != ROOT_INO:
             self.owed.append([ino, count])
         if len(self.owed) >= FORGET_BATCH:
             yield from self.flush_forgets()
@@ -137,12 +134,12 @@ class Plans:
             yield Call(Op.BATCH_FORGET, owed)
 
     def stat(self, path: Any) -> Plan:
-        reply = _check((yield Call(Op.RESOLVE, [components(path), False], {"ino": ROOT})), path)
+        reply = _check((yield Call(Op.RESOLVE, [components(path), False], {"ino": ROOT_INO})), path)
         return stat_result(reply.body)
 
     def listdir(self, path: Any = "") -> Plan:
         parts = components(path)
-        ino = (yield from self._resolve(parts, path)) if parts else ROOT
+        ino = (yield from self._resolve(parts, path)) if parts else ROOT_INO
         try:
             fh = _check((yield Call(Op.OPENDIR, None, {"ino": ino})), path).value
             names: list[str] = []
@@ -210,7 +207,7 @@ class Plans:
             ino = reply.body[0][0]
         else:
             parts = components(path)
-            ino = (yield from self._resolve(parts, path)) if parts else ROOT
+            ino = (yield from self._resolve(parts, path)) if parts else ROOT_INO
             try:
                 reply = _check((yield Call(Op.OPEN, [flags], {"ino": ino})), path)
             except BaseException:
@@ -282,7 +279,7 @@ class Plans:
 def _root() -> Generator[Call, Reply, int]:
     """A plan that sends nothing: the root needs no lookup."""
     yield from ()
-    return ROOT
+    return ROOT_INO
 
 
 def _ended(exc: ChannelClosed) -> OSError:

@@ -20,24 +20,21 @@ from pyfuse3 import FUSEError
 from channel.protocol.codec import unpack_body
 from channel.protocol.errors import ChannelClosed
 from channel.protocol.limits import MAX_RESTORE_BATCH, XATTR_SIZE_MAX
-from channel.protocol.opcodes import Op, readdir_page_ends
+from channel.protocol.opcodes import READDIR_PAGE, Op, readdir_page_ends
 from fusefront.bodies import RESTORE_BODY_BYTES, forget_bodies
 from fusefront.cache import CacheMode
 from fusefront.guard import answer_every_request
 from fusefront.link import OperationLost
+from fusefront.mountinfo import INFO_XATTR_NAME
 from fusefront.nodes import NodeTable
 from fusefront.presentation import Presentation
 
 log = logging.getLogger(__name__)
 
-#: Root xattr through which the driver describes itself (pids, sockets) to local tools.
-INFO_XATTR = b"user.ringfs.info"
 #: The xattr the kernel reads before every buffered write.
 CAPABILITY_XATTR = b"security.capability"
 #: renameat2's flag: the two names swap their objects.
 RENAME_EXCHANGE = 2
-#: Bytes of directory entries asked for per READDIR command.
-READDIR_PAGE = 64 * 1024
 
 
 class Reply(Protocol):
@@ -366,7 +363,7 @@ class RingOperations(pyfuse3.Operations):
         await self._call(Op.SETXATTR, [name, 0], ino=inode, data=value, **_ctx_fields(ctx))
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if inode == pyfuse3.ROOT_INODE and name == INFO_XATTR:
+        if inode == pyfuse3.ROOT_INODE and name == INFO_XATTR_NAME:
             return self._info()  # the driver describes itself: `ringfs stats`, discovery
         if name == CAPABILITY_XATTR and self._no_capability.get(inode, 0.0) > time.monotonic():
             raise FUSEError(errno.ENODATA)

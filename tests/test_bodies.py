@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from channel.protocol.codec import pack_body
 from channel.protocol.limits import MAX_RESTORE_BATCH, NAME_MAX
+from channel.protocol.opcodes import ROOT_INO
 from fusefront.bodies import FORGETS_PER_BODY, MAX_BODY, RESTORE_BODY_BYTES, forget_bodies
-from fusefront.nodes import ROOT_INO, NodeTable
+from fusefront.nodes import NodeTable
 
 U64_MAX = (1 << 64) - 1
 

@@ -23,13 +23,12 @@ import pytest
 
 from channel.protocol.codec import unpack_body
 from channel.protocol.limits import NAME_MAX
-from channel.protocol.opcodes import ATTR_FIELDS, Op
+from channel.protocol.opcodes import ATTR_FIELDS, ROOT_INO, Op
 from channel.transport.calls import Reply
 from channel.transport.shm_client import BlockingClient
 from tests.server_harness import ServerProcess, UserClient, wait_until
 
 NOBODY = 65534
-ROOT_INO = 1
 A = {name: i for i, name in enumerate(ATTR_FIELDS)}
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2

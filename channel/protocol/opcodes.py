@@ -146,6 +146,12 @@ ATTR_FIELDS = (
 #: strings "now"; an absent key means omit).
 
 
+#: The root directory's inode number on every channel (FUSE's own root id).
+ROOT_INO = 1
+#: Bytes of directory entries a client asks for per READDIR command.
+READDIR_PAGE = 64 * 1024
+
+
 def readdir_page_ends(body: object) -> bool:
     """Does a READDIR reply body say that no entries follow its page?"""
     return isinstance(body, list) and len(body) > 1 and body[1] is True
