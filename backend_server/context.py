@@ -7,13 +7,14 @@ few verbs they share: resolve an inode the channel holds, count a lookup of a ne
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from backend_server.handles import Handle
 from backend_server.identity import Identity, Switcher
 from backend_server.inodes import Inode, InodeTable
 from backend_server.wire import entry_body
 from channel.protocol.codec import Command
+from channel.transport.server_api import ServedChannel
 
 if TYPE_CHECKING:
     from backend_server.session import Session
@@ -37,7 +38,7 @@ class Request:
         self,
         table: InodeTable,
         session: Session,
-        channel: Any,
+        channel: ServedChannel,
         cmd: Command,
         caller: Identity,
         identity: Switcher,

@@ -37,7 +37,8 @@ from channel.protocol import limits
 from channel.protocol.handshake import Hello, PeerCredentials, Refusal, Release
 from channel.transport.descriptors import DescriptorBudget, raise_soft_limit
 from channel.transport.handshake_io import accept_forever, peer_uid, refuse, someone_listens
-from channel.transport.serve import AnyChannel, serve_connection
+from channel.transport.serve import serve_connection
+from channel.transport.server_api import ServedChannel
 from channel.transport.shm_server import Poller
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ async def serve(
     policy: AccessPolicy | None = None,
     secret: bytes | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    on_channel: Callable[[AnyChannel], None] | None = None,
+    on_channel: Callable[[ServedChannel], None] | None = None,
 ) -> None:
     """Serve `export` on `socket_path` until SIGTERM/SIGINT."""
     policy = policy or AccessPolicy()
@@ -231,7 +232,7 @@ async def serve(
                         slots.per_uid[counted] -= 1
                         counted = None
 
-                def opened(channel: AnyChannel) -> None:
+                def opened(channel: ServedChannel) -> None:
                     release_slot()
                     if on_channel is not None:
                         on_channel(channel)

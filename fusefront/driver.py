@@ -12,7 +12,7 @@ import errno
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import pyfuse3
 from pyfuse3 import FUSEError
@@ -21,6 +21,7 @@ from channel.protocol.codec import unpack_body
 from channel.protocol.errors import ChannelClosed
 from channel.protocol.limits import MAX_RESTORE_BATCH, XATTR_SIZE_MAX
 from channel.protocol.opcodes import READDIR_PAGE, Op, readdir_page_ends
+from channel.transport.calls import AsyncCaller, Reply
 from fusefront.bodies import RESTORE_BODY_BYTES, forget_bodies
 from fusefront.cache import CacheMode
 from fusefront.guard import answer_every_request
@@ -35,25 +36,6 @@ log = logging.getLogger(__name__)
 CAPABILITY_XATTR = b"security.capability"
 #: renameat2's flag: the two names swap their objects.
 RENAME_EXCHANGE = 2
-
-
-class Reply(Protocol):
-    status: int
-    value: int
-    body: Any
-    data: bytes | None
-
-
-class Client(Protocol):
-    async def call(
-        self,
-        opcode: int,
-        body: Any = None,
-        *,
-        data: bytes | memoryview | None = None,
-        read_size: int = 0,
-        **fields: int,
-    ) -> Reply: ...
 
 
 def _data_state(attr: Sequence[int]) -> tuple[int, int, int]:
@@ -75,7 +57,7 @@ class RingOperations(pyfuse3.Operations):
 
     def __init__(
         self,
-        client: Client,
+        client: AsyncCaller,
         cache: CacheMode,
         *,
         writeback: bool = False,
@@ -111,7 +93,7 @@ class RingOperations(pyfuse3.Operations):
             raise FUSEError(-reply.status)
         return reply
 
-    async def restore(self, client: Client) -> None:
+    async def restore(self, client: AsyncCaller) -> None:
         """Hand a new server what the kernel holds: inode numbers, then open handles."""
         restored = lost = 0
         for batch in self.nodes.restore_batches(MAX_RESTORE_BATCH, RESTORE_BODY_BYTES):

@@ -28,12 +28,13 @@ from typing import Any
 import trio
 
 from channel.protocol.codec import Command, pack_body
-from channel.transport.serve import AnyChannel, serve_connection
+from channel.transport.serve import serve_connection
+from channel.transport.server_api import ServedChannel
 from channel.transport.shm_server import Poller
 from tests.reporting_process import ReportingProcess
 
 
-def _answer(channel: AnyChannel, cmd: Command) -> None:
+def _answer(channel: ServedChannel, cmd: Command) -> None:
     data = channel.input_data(cmd)
     out = channel.output_buffer(cmd)
     n = 0
@@ -49,11 +50,11 @@ def _answer(channel: AnyChannel, cmd: Command) -> None:
 
 
 def make_handler(nursery: trio.Nursery) -> Any:
-    async def later(channel: AnyChannel, cmd: Command, delay: float) -> None:
+    async def later(channel: ServedChannel, cmd: Command, delay: float) -> None:
         await trio.sleep(delay)
         _answer(channel, cmd)
 
-    def handle(channel: AnyChannel, cmd: Command) -> None:
+    def handle(channel: ServedChannel, cmd: Command) -> None:
         body = cmd.body
         if type(body) is dict:
             if "sleep" in body:
@@ -80,7 +81,7 @@ async def serve(path: str, secret: bytes | None, trust_forwarded: bool) -> None:
     poller = Poller()
     ids = itertools.count(1)
 
-    def on_channel(channel: AnyChannel) -> None:
+    def on_channel(channel: ServedChannel) -> None:
         print(f"open {channel.channel_id} {channel.peer.pid}", flush=True)
         channel.on_close.append(lambda: print(f"closed {channel.channel_id}", flush=True))
 

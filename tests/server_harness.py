@@ -29,7 +29,7 @@ import trio
 
 from channel.protocol.layout import Geometry
 from channel.transport.calls import Reply
-from channel.transport.serve import AnyChannel
+from channel.transport.server_api import ServedChannel
 from channel.transport.shm_client import BlockingClient
 from tests.reporting_process import ReportingProcess
 
@@ -41,7 +41,7 @@ async def serve(export: str, path: str) -> None:
     """The real server (`backend_server.server.serve`), reporting channel lifetimes on stdout."""
     from backend_server.server import AccessPolicy, serve
 
-    def on_channel(channel: AnyChannel) -> None:
+    def on_channel(channel: ServedChannel) -> None:
         channel_id = channel.channel_id
         print(f"open {channel_id} {channel.peer.pid}", flush=True)
         # Capture the id, not the channel (a cycle would keep the region mapped until a GC).

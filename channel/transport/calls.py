@@ -1,11 +1,12 @@
 """What every client endpoint shares, over either transport: `Reply`, the request checks and
-the `call`/`call_into` skeletons (blocking and trio); each endpoint provides `_call`."""
+the `call`/`call_into` skeletons (blocking and trio; each endpoint provides `_call`), and the
+interfaces callers hold a client by (`AsyncCaller`, `AsyncChannelClient`, `BlockingCaller`)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import trio
 
@@ -192,3 +193,67 @@ async def background(*tasks: Any) -> AsyncIterator[None]:
             nursery.cancel_scope.cancel()
     if raised is not None:
         raise raised
+
+
+class BlockingCaller(Protocol):
+    """What a caller needs of a blocking client endpoint, over either transport."""
+
+    channel_id: int
+    server_pid: int
+
+    def call(
+        self,
+        opcode: int,
+        body: Any = None,
+        *,
+        data: Buffer | None = None,
+        read_size: int = 0,
+        **header_fields: Any,
+    ) -> Reply: ...
+
+    def call_into(
+        self,
+        opcode: int,
+        dest: memoryview | bytearray,
+        body: Any = None,
+        *,
+        data: Buffer | None = None,
+        **header_fields: Any,
+    ) -> Reply: ...
+
+    def close(self) -> None: ...
+
+
+class AsyncCaller(Protocol):
+    """What a caller needs to send commands under trio: the trio endpoints of both transports
+    have it, and so does whatever forwards to one (the driver's `fusefront.link.ServerLink`)."""
+
+    async def call(
+        self,
+        opcode: int,
+        body: Any = None,
+        *,
+        data: Buffer | None = None,
+        read_size: int = 0,
+        **header_fields: Any,
+    ) -> Reply: ...
+
+
+class AsyncChannelClient(AsyncCaller, Protocol):
+    """A trio client endpoint, over either transport: `AsyncCaller` plus its identity,
+    `call_into` and the wait for its end."""
+
+    channel_id: int
+    server_pid: int
+
+    async def call_into(
+        self,
+        opcode: int,
+        dest: memoryview | bytearray,
+        body: Any = None,
+        *,
+        data: Buffer | None = None,
+        **header_fields: Any,
+    ) -> Reply: ...
+
+    async def wait_closed(self) -> None: ...

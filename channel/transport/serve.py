@@ -30,7 +30,7 @@ from collections.abc import Callable
 import trio
 
 from channel.protocol import limits
-from channel.protocol.codec import TOKEN_SIZE, Command
+from channel.protocol.codec import TOKEN_SIZE
 from channel.protocol.errors import HandshakeRefused, ProtocolError
 from channel.protocol.handshake import (
     Hello,
@@ -50,6 +50,7 @@ from channel.transport.handshake_io import (
     refuse,
     send_frame,
 )
+from channel.transport.server_api import Handler, ServedChannel
 from channel.transport.shm_server import Poller, ServerChannel
 from channel.transport.socket_server import SocketServerChannel
 
@@ -159,20 +160,17 @@ async def accept_channel(
     return channel
 
 
-AnyChannel = ServerChannel | SocketServerChannel
-
-
 async def serve_connection(
     sock: trio.socket.SocketType,
     poller: Poller,
-    handler: Callable[[AnyChannel, Command], None],
+    handler: Handler,
     *,
     next_channel_id: Callable[[], int],
     secret: bytes | None = None,
     trust_forwarded: Callable[[PeerCredentials], bool] = lambda creds: False,
     authorize: Callable[[PeerCredentials], str | None] = lambda creds: None,
     admit: Callable[[PeerCredentials, Hello], Release] = lambda creds, hello: lambda: None,
-    on_channel: Callable[[AnyChannel], None] | None = None,
+    on_channel: Callable[[ServedChannel], None] | None = None,
     deadline: float | None = None,
 ) -> None:
     """Serve one accepted connection for its whole life: handshake (refused peers get their

@@ -1,12 +1,57 @@
-"""What every server-side channel shares, over either transport: its close callbacks."""
+"""What the server needs of a channel, over either transport: the `ServedChannel` interface
+(both `channel.transport.shm_server.ServerChannel` and
+`channel.transport.socket_server.SocketServerChannel` implement it), the `Handler` that serves
+one, and the close callbacks both run."""
 
 from __future__ import annotations
 
 import inspect
 import logging
 from collections.abc import Callable
+from typing import Protocol
+
+from channel.protocol.codec import Command
+from channel.protocol.handshake import PeerCredentials
 
 log = logging.getLogger(__name__)
+
+
+class ServedChannel(Protocol):
+    """One channel as the server's operations see it: who is on it, a command's input data
+    and output buffer, the completion, and its end."""
+
+    token: bytes
+    #: The effective identity: the forwarded one when a trusted driver sent on_behalf_of.
+    creds: PeerCredentials
+    #: The kernel's word on who holds the socket (the driver, for a forwarded channel).
+    peer: PeerCredentials
+    role: str
+    channel_id: int
+    #: The channel belongs to a read-only mount: the server refuses every change (EROFS).
+    readonly: bool
+    closed: bool
+    #: Called once when the channel ends (close, corrupt ring, peer death or hang-up).
+    on_close: list[Callable[..., None]]
+
+    def input_data(self, cmd: Command) -> memoryview:
+        """The bytes the client sent with `cmd` (empty without a data buffer)."""
+        ...
+
+    def output_buffer(self, cmd: Command) -> memoryview:
+        """Where `cmd`'s reply data goes (empty without a data buffer)."""
+        ...
+
+    def complete(
+        self, tag: int, status: int, body: bytes = b"", *, data_len: int = 0, value: int = 0
+    ) -> None:
+        """Publish `tag`'s completion; ignored once the channel is closed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+#: What serves a channel's commands: a plain sync callable, called in the trio thread.
+Handler = Callable[[ServedChannel, Command], None]
 
 
 def run_close_callbacks(channel: object, callbacks: list[Callable[..., None]]) -> None:
