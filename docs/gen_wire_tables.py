@@ -8,7 +8,7 @@ Every number comes from `channel.protocol`'s `layout`, `codec`, `frames`, `opcod
 meanings of header fields are written here, and a header field without one stops the
 generator, so a new field cannot reach the document undescribed. In the markdown, each table
 sits between `<!-- BEGIN GENERATED: name -->` and `<!-- END GENERATED: name -->`.
-`tests/test_docs.py` fails when the document differs from what this script writes.
+`tests/project/test_docs.py` fails when the document differs from what this script writes.
 """
 
 from __future__ import annotations
