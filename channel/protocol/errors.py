@@ -35,8 +35,3 @@ def status_to_oserror(status: int, what: str = "") -> OSError:
     """Turn a negative-errno completion status into the OSError the os module would raise."""
     code = -status
     return OSError(code, os.strerror(code), what) if what else OSError(code, os.strerror(code))
-
-
-def oserror_to_status(exc: OSError) -> int:
-    """Turn an OSError into a completion status (EIO when it carries no errno)."""
-    return -(exc.errno or errno.EIO)
