@@ -155,7 +155,7 @@ class Backend:
             # Capture the key, not the channel: a closure over the channel stored in the
             # channel would be a reference cycle, keeping its region's views (and the mmap's
             # descriptor) alive until the garbage collector runs.
-            channel.on_close.append(lambda *_: self._forget_channel(key))
+            channel.on_close.append(lambda: self._forget_channel(key))
         return session
 
     def _trusted_driver(self, channel: ServedChannel) -> bool:

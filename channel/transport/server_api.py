@@ -5,7 +5,6 @@ one, and the close callbacks both run."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -31,7 +30,7 @@ class ServedChannel(Protocol):
     readonly: bool
     closed: bool
     #: Called once when the channel ends (close, corrupt ring, peer death or hang-up).
-    on_close: list[Callable[..., None]]
+    on_close: list[Callable[[], None]]
 
     def input_data(self, cmd: Command) -> memoryview:
         """The bytes the client sent with `cmd` (empty without a data buffer)."""
@@ -54,21 +53,11 @@ class ServedChannel(Protocol):
 Handler = Callable[[ServedChannel, Command], None]
 
 
-def run_close_callbacks(channel: object, callbacks: list[Callable[..., None]]) -> None:
-    """Call each `on_close` callback once. The contract is a callback without arguments; one
-    that requires a positional argument gets the channel (so `cb(channel)` styles work too)."""
+def run_close_callbacks(callbacks: list[Callable[[], None]]) -> None:
+    """Call each `on_close` callback once (each takes no argument); one that fails is logged
+    and the others still run."""
     for callback in callbacks:
         try:
-            try:
-                inspect.signature(callback).bind()
-                takes_channel = False
-            except TypeError:
-                takes_channel = True
-            except ValueError:  # no signature available (some builtins)
-                takes_channel = False
-            if takes_channel:
-                callback(channel)
-            else:
-                callback()
+            callback()
         except Exception:
             log.exception("on_close callback %r failed", callback)

@@ -91,7 +91,7 @@ class ServerChannel:
         self.side = ServerSide(region, token)
         self.closed = False
         #: Called once when the channel ends (close, corrupt ring or peer death).
-        self.on_close: list[Callable[..., None]] = []
+        self.on_close: list[Callable[[], None]] = []
         self._buffers = self.side.buffers
         self._buf_size = region.geometry.buf_size
         #: tag -> data buffer of commands handed out, so completions can echo it
@@ -150,7 +150,7 @@ class ServerChannel:
         self.closed = True
         if self._detach is not None:
             self._detach(self)  # before the eventfd is closed: its number may be reused
-        run_close_callbacks(self, self.on_close)
+        run_close_callbacks(self.on_close)
         self.on_close.clear()  # callbacks often refer to the channel: break that cycle
         self._bufs.clear()
         release_views(self.side)

@@ -58,7 +58,7 @@ class SocketServerChannel:
         #: The channel belongs to a read-only mount (see `channel.poller.ServerChannel`).
         self.readonly = False
         self.closed = False
-        self.on_close: list[Callable[..., None]] = []
+        self.on_close: list[Callable[[], None]] = []
         self.commands = 0
         self.protocol_errors = 0
         self.auth_failures = 0
@@ -180,7 +180,7 @@ class SocketServerChannel:
         if self.closed:
             return
         self.closed = True
-        run_close_callbacks(self, self.on_close)
+        run_close_callbacks(self.on_close)
         self.on_close.clear()
         self._inputs.clear()
         self._outputs.clear()
