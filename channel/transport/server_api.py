@@ -5,9 +5,10 @@ one, and the close callbacks both run."""
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from channel.protocol.codec import Command
 from channel.protocol.handshake import PeerCredentials
@@ -61,3 +62,16 @@ def run_close_callbacks(callbacks: list[Callable[[], None]]) -> None:
             callback()
         except Exception:
             log.exception("on_close callback %r failed", callback)
+
+
+C = TypeVar("C", bound=ServedChannel)
+
+
+def serve_command(handler: Callable[[C, Command], None], channel: C, cmd: Command) -> None:
+    """Hand `cmd` to `handler`. A handler that raises is logged and the command answered EIO:
+    one bad command never ends its channel's loop or the poller."""
+    try:
+        handler(channel, cmd)
+    except Exception:
+        log.exception("handler failed on %r of %r", cmd, channel)
+        channel.complete(cmd.tag, -errno.EIO)

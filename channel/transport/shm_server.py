@@ -27,7 +27,6 @@ descriptors and the socket.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import select
@@ -44,7 +43,7 @@ from channel.protocol.layout import Region, ServerStat
 from channel.protocol.sides import Rejected, ServerSide
 from channel.transport import doorbell
 from channel.transport.regions import release_views
-from channel.transport.server_api import run_close_callbacks
+from channel.transport.server_api import run_close_callbacks, serve_command
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +164,6 @@ class ServerChannel:
 Handler = Callable[[ServerChannel, Command], None]
 
 
-def _is_closed(channel: ServerChannel) -> bool:
-    return channel.closed
-
-
 class Poller:
     """Polls the SQs of many channels in one trio task, fairly; parks when all are idle.
 
@@ -242,35 +237,39 @@ class Poller:
         for channel in self._order:
             if channel.closed:
                 continue
-            side = channel.side
             try:
-                if side.pending and side.flush():
-                    doorbell.ring(channel.cq_efd)
-                    side.stats[ServerStat.WAKEUPS_SENT] += 1
-                for _ in range(BATCH):
-                    item = side.take()
-                    if item is None:
-                        break
-                    worked = True
-                    if isinstance(item, Rejected):
-                        channel.complete(item.tag, item.status)
-                    else:
-                        if item.buf != NO_BUFFER:
-                            channel._bufs[item.tag] = item.buf
-                        try:
-                            handler(channel, item)
-                        except Exception:
-                            log.exception("handler failed on %r of %r", item, channel)
-                            channel.complete(item.tag, -errno.EIO)
-                    if _is_closed(channel):  # a completion (corrupt CQ head) or handler closed it
-                        break
+                worked |= self._take_batch(channel, handler)
             except ProtocolError as exc:
                 log.warning("closing %r: %s", channel, exc)
-                side.count(ServerStat.PROTOCOL_ERRORS)
+                channel.side.count(ServerStat.PROTOCOL_ERRORS)
                 channel.close()
             except Exception:  # whatever one channel does, the others keep being served
                 log.exception("closing %r after an unexpected error", channel)
                 channel.close()
+        return worked
+
+    @staticmethod
+    def _take_batch(channel: ServerChannel, handler: Handler) -> bool:
+        """Deliver `channel`'s held-back completions, then serve up to BATCH of its commands;
+        True if any command was taken."""
+        side = channel.side
+        if side.pending and side.flush():
+            doorbell.ring(channel.cq_efd)
+            side.stats[ServerStat.WAKEUPS_SENT] += 1
+        worked = False
+        for _ in range(BATCH):
+            item = side.take()
+            if item is None:
+                break
+            worked = True
+            if isinstance(item, Rejected):
+                channel.complete(item.tag, item.status)
+            else:
+                if item.buf != NO_BUFFER:
+                    channel._bufs[item.tag] = item.buf
+                serve_command(handler, channel, item)
+            if channel.closed:  # a completion (corrupt CQ head) or the handler closed it
+                break
         return worked
 
     @staticmethod

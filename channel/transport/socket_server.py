@@ -28,7 +28,7 @@ from channel.protocol.frames import (
     FrameReader,
 )
 from channel.protocol.handshake import LENGTH, PeerCredentials
-from channel.transport.server_api import run_close_callbacks
+from channel.transport.server_api import run_close_callbacks, serve_command
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +170,7 @@ class SocketServerChannel:
             return
         if cmd.data_len:
             self._inputs[cmd.tag] = memoryview(frame)[start:]
-        try:
-            handler(self, cmd)
-        except Exception:
-            log.exception("handler failed on %r of %r", cmd, self)
-            self.complete(cmd.tag, -errno.EIO)
+        serve_command(handler, self, cmd)
 
     def close(self) -> None:
         if self.closed:
