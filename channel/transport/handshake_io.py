@@ -47,6 +47,10 @@ _FD_SIZE = array.array("i").itemsize
 #: Room for more descriptors than a hello may carry, so that "too many" is seen, not truncated.
 _ANCILLARY_FDS = 16
 
+#: `read_hello`'s reason when the peer hung up before its hello was complete: not malformed
+#: input but a peer gone (often a liveness probe), refused with ECONNRESET rather than EPROTO.
+PEER_LEFT = "connection closed during the hello"
+
 
 def _fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
@@ -150,7 +154,7 @@ async def read_hello(sock: trio.socket.SocketType) -> tuple[bytes, list[int], st
         if msg_flags & socket.MSG_CTRUNC:
             return b"", fds, "wrong number of file descriptors (too many)"
         if not chunk:
-            return b"", fds, "connection closed during the hello"
+            return b"", fds, PEER_LEFT
         data += chunk
         if need == LENGTH.size and len(data) >= LENGTH.size:
             (length,) = LENGTH.unpack_from(data)

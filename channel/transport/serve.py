@@ -43,6 +43,7 @@ from channel.protocol.handshake import (
 )
 from channel.protocol.layout import Region
 from channel.transport.handshake_io import (
+    PEER_LEFT,
     check_descriptors,
     close_all,
     peer_credentials,
@@ -96,6 +97,8 @@ async def accept_channel(
             raise Refusal(
                 f"handshake timed out (limit {limits.HANDSHAKE_TIMEOUT:g} s)", errno.ETIMEDOUT
             )
+        if reason == PEER_LEFT:
+            raise Refusal(reason, errno.ECONNRESET)
         if reason is not None:
             raise ProtocolError(reason)
         refusal = authorize(peer)
@@ -190,7 +193,7 @@ async def serve_connection(
         )
     except HandshakeRefused as exc:
         # A peer that hangs up before saying hello is usually a liveness probe.
-        quiet = "closed during the hello" in str(exc)
+        quiet = exc.errno == errno.ECONNRESET
         log.log(logging.DEBUG if quiet else logging.INFO, "handshake refused: %s", exc)
         sock.close()
         return

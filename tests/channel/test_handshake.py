@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -10,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import trio
 
 from channel.protocol import handshake, layout, limits
 from channel.protocol.errors import HandshakeRefused, ProtocolError
@@ -17,6 +19,7 @@ from channel.protocol.handshake import PeerCredentials
 from channel.protocol.layout import Geometry, Region
 from channel.protocol.opcodes import Op
 from channel.transport import doorbell, handshake_io
+from channel.transport.serve import accept_channel
 from channel.transport.shm_client import BlockingClient
 from tests.support.echo_server import EchoServer
 
@@ -240,3 +243,21 @@ def test_server_survives_refusals(server: EchoServer) -> None:
         assert "garbage" in _raw_exchange(server.path, b"\xc1")
     with BlockingClient.connect(server.path, geometry=SMALL) as client:
         assert client.call(Op.NOP, [1, 2]).body == [1, 2]
+
+
+async def test_a_peer_gone_before_its_hello_is_a_reset_not_a_protocol_error() -> None:
+    """A peer that hangs up before its hello (a liveness probe) is refused with ECONNRESET,
+    which the server logs quietly; a peer that sends garbage is EPROTO."""
+
+    def next_id() -> int:
+        return 1
+
+    for sent, code in ((b"", errno.ECONNRESET), (b"\x01\x00\x00\x00\xc1", errno.EPROTO)):
+        ours, theirs = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with ours, theirs:
+            if sent:
+                await theirs.send(sent)
+            theirs.shutdown(socket.SHUT_WR)
+            with pytest.raises(HandshakeRefused) as caught:
+                await accept_channel(ours, next_channel_id=next_id)
+            assert caught.value.errno == code, caught.value
