@@ -50,6 +50,36 @@ class ServedChannel(Protocol):
     def close(self) -> None: ...
 
 
+class ChannelIdentity:
+    """The fields every server channel carries, over either transport: who is on it (as the
+    handshake established), its number, its mount's read-only flag, and its end."""
+
+    def __init__(
+        self,
+        *,
+        token: bytes,
+        creds: PeerCredentials,
+        peer: PeerCredentials,
+        role: str,
+        channel_id: int,
+    ) -> None:
+        self.token = token
+        #: The effective identity: the forwarded one when a trusted driver sent on_behalf_of.
+        self.creds = creds
+        #: The kernel's word on who holds the socket (the driver, for a forwarded channel).
+        self.peer = peer
+        self.role = role
+        self.channel_id = channel_id
+        #: The channel belongs to a read-only mount: the server refuses every change (EROFS).
+        self.readonly = False
+        self.closed = False
+        #: Called once when the channel ends (close, corrupt ring, peer death or hang-up).
+        self.on_close: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.channel_id}, role={self.role}, pid={self.peer.pid})"
+
+
 #: What serves a channel's commands: a plain sync callable, called in the trio thread.
 Handler = Callable[[ServedChannel, Command], None]
 

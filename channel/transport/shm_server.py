@@ -43,7 +43,7 @@ from channel.protocol.layout import Region, ServerStat
 from channel.protocol.sides import Rejected, ServerSide
 from channel.transport import doorbell
 from channel.transport.regions import release_views
-from channel.transport.server_api import run_close_callbacks, serve_command
+from channel.transport.server_api import ChannelIdentity, run_close_callbacks, serve_command
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ BATCH = 16
 YIELD_INTERVAL = 0.0002
 
 
-class ServerChannel:
+class ServerChannel(ChannelIdentity):
     """One shared-memory channel, as the server sees it."""
 
     def __init__(
@@ -73,33 +73,19 @@ class ServerChannel:
         channel_id: int,
         idle_spin: float = limits.DEFAULT_IDLE_SPIN,
     ) -> None:
+        super().__init__(token=token, creds=creds, peer=peer, role=role, channel_id=channel_id)
         self.sock = sock
         self.region = region
         self.sq_efd = sq_efd
         self.cq_efd = cq_efd
-        self.token = token
-        #: The effective identity: the forwarded one when a trusted driver sent on_behalf_of.
-        self.creds = creds
-        #: The kernel's word on who holds the socket (the driver, for a forwarded channel).
-        self.peer = peer
-        self.role = role
-        self.channel_id = channel_id
-        #: The channel belongs to a read-only mount: the server refuses every change (EROFS).
-        self.readonly = False
         self.idle_spin = idle_spin
         self.side = ServerSide(region, token)
-        self.closed = False
-        #: Called once when the channel ends (close, corrupt ring or peer death).
-        self.on_close: list[Callable[[], None]] = []
         self._buffers = self.side.buffers
         self._buf_size = region.geometry.buf_size
         #: tag -> data buffer of commands handed out, so completions can echo it
         self._bufs: dict[int, int] = {}
         self._detach: Callable[[ServerChannel], None] | None = None
         self._closed_event = trio.Event()
-
-    def __repr__(self) -> str:
-        return f"ServerChannel(id={self.channel_id}, role={self.role}, pid={self.peer.pid})"
 
     # -- the operations layer's interface -------------------------------------------------
     def input_data(self, cmd: Command) -> memoryview:

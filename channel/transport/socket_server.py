@@ -28,14 +28,14 @@ from channel.protocol.frames import (
     FrameReader,
 )
 from channel.protocol.handshake import LENGTH, PeerCredentials
-from channel.transport.server_api import run_close_callbacks, serve_command
+from channel.transport.server_api import ChannelIdentity, run_close_callbacks, serve_command
 
 log = logging.getLogger(__name__)
 
 _EMPTY = memoryview(b"")
 
 
-class SocketServerChannel:
+class SocketServerChannel(ChannelIdentity):
     """The server's side of a socket-transport channel: `ServerChannel`'s interface for the
     operations layer, plus `run(handler)`, which reads frames until the peer hangs up."""
 
@@ -49,16 +49,8 @@ class SocketServerChannel:
         role: str,
         channel_id: int,
     ) -> None:
+        super().__init__(token=token, creds=creds, peer=peer, role=role, channel_id=channel_id)
         self.sock = sock
-        self.token = token
-        self.creds = creds
-        self.peer = peer
-        self.role = role
-        self.channel_id = channel_id
-        #: The channel belongs to a read-only mount (see `channel.poller.ServerChannel`).
-        self.readonly = False
-        self.closed = False
-        self.on_close: list[Callable[[], None]] = []
         self.commands = 0
         self.protocol_errors = 0
         self.auth_failures = 0
@@ -66,9 +58,6 @@ class SocketServerChannel:
         self._outputs: dict[int, bytearray] = {}
         self._outq: list[memoryview] = []
         self._flush_wanted = trio.Event()
-
-    def __repr__(self) -> str:
-        return f"SocketServerChannel(id={self.channel_id}, role={self.role}, pid={self.peer.pid})"
 
     def input_data(self, cmd: Command) -> memoryview:
         return self._inputs.get(cmd.tag, _EMPTY) if cmd.buf != NO_BUFFER else _EMPTY
