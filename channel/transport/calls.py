@@ -195,6 +195,20 @@ async def background(*tasks: Any) -> AsyncIterator[None]:
         raise raised
 
 
+class Waiter:
+    """One call of a trio endpoint in flight, over either transport: where its reply data
+    goes, and the event its caller waits on for the reply or the error."""
+
+    __slots__ = ("dest", "error", "event", "read_size", "reply")
+
+    def __init__(self, read_size: int, dest: memoryview | None) -> None:
+        self.read_size = read_size
+        self.dest = dest
+        self.event = trio.Event()
+        self.reply: Reply | None = None
+        self.error: BaseException | None = None
+
+
 class BlockingCaller(Protocol):
     """What a caller needs of a blocking client endpoint, over either transport."""
 

@@ -30,7 +30,15 @@ from channel.protocol.handshake import PeerCredentials
 from channel.protocol.layout import ClientStat, Geometry
 from channel.protocol.sides import ClientSide
 from channel.transport import doorbell, handshake_io
-from channel.transport.calls import AsyncCalls, BlockingCalls, Buffer, Reply, background, make_reply
+from channel.transport.calls import (
+    AsyncCalls,
+    BlockingCalls,
+    Buffer,
+    Reply,
+    Waiter,
+    background,
+    make_reply,
+)
 from channel.transport.handshake_io import ClientConnection
 from channel.transport.regions import release_views
 
@@ -215,17 +223,15 @@ class BlockingClient(_Endpoint, BlockingCalls):
         self.close()
 
 
-class _Waiter:
-    __slots__ = ("buf", "dest", "error", "event", "owns_buffer_permit", "read_size", "reply")
+class _Waiter(Waiter):
+    """A shared-memory call in flight also holds its data buffer and maybe a buffer permit."""
+
+    __slots__ = ("buf", "owns_buffer_permit")
 
     def __init__(self, buf: int, read_size: int, dest: memoryview | None, permit: bool) -> None:
+        super().__init__(read_size, dest)
         self.buf = buf
-        self.read_size = read_size
-        self.dest = dest
         self.owns_buffer_permit = permit
-        self.event = trio.Event()
-        self.reply: Reply | None = None
-        self.error: BaseException | None = None
 
 
 async def _acquire(semaphore: trio.Semaphore) -> None:

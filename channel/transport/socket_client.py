@@ -36,7 +36,15 @@ from channel.protocol.frames import (
 )
 from channel.protocol.handshake import PeerCredentials
 from channel.transport import handshake_io
-from channel.transport.calls import AsyncCalls, BlockingCalls, Buffer, Reply, background, make_reply
+from channel.transport.calls import (
+    AsyncCalls,
+    BlockingCalls,
+    Buffer,
+    Reply,
+    Waiter,
+    background,
+    make_reply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,17 +153,6 @@ class SocketBlockingClient(BlockingCalls):
         self.close()
 
 
-class _SocketWaiter:
-    __slots__ = ("dest", "error", "event", "read_size", "reply")
-
-    def __init__(self, read_size: int, dest: memoryview | None) -> None:
-        self.read_size = read_size
-        self.dest = dest
-        self.event = trio.Event()
-        self.reply: Reply | None = None
-        self.error: BaseException | None = None
-
-
 class SocketTrioClient(AsyncCalls):
     """`TrioClient`'s API over the socket alone: `async with SocketTrioClient.open(path)`."""
 
@@ -171,7 +168,7 @@ class SocketTrioClient(AsyncCalls):
         self.max_in_flight = limits.MAX_RING_ENTRIES
         self._slots = trio.Semaphore(self.max_in_flight)
         self._send_lock = trio.Lock()
-        self._waiters: dict[int, _SocketWaiter] = {}
+        self._waiters: dict[int, Waiter] = {}
         self._next_tag = 1
         self._closed_event = trio.Event()
 
@@ -217,7 +214,7 @@ class SocketTrioClient(AsyncCalls):
         async with self._slots:
             tag = self._next_tag
             self._next_tag += 1
-            waiter = _SocketWaiter(read_size, dest)
+            waiter = Waiter(read_size, dest)
             self._waiters[tag] = waiter
             try:
                 pieces = encode_command_frame(
