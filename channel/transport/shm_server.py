@@ -1,27 +1,15 @@
 """The server's side of shared-memory channels under trio: one channel, and the poller of all.
 
 `ServerChannel` wraps a `ServerSide` with its region, eventfds, socket and the identity the
-handshake established; the filesystem operations layer uses only `input_data`,
-`output_buffer`, `complete` and `on_close`. `Poller` polls every channel's SQ round-robin in
+handshake established; the filesystem operations layer sees it as a
+`channel.transport.server_api.ServedChannel`. `Poller` polls every channel's SQ round-robin in
 one trio task, hands each command to a plain sync handler, and parks on an epoll of all SQ
 eventfds when every channel has been idle for `idle_spin`: for SLEEP_BOUND while a channel
 needs re-checking on its own (a stalled ring, completions waiting for CQ room), otherwise for
 up to IDLE_POLLER_SLEEP, because a waiting client re-rings (see `doorbell.nudge_if_unconsumed`).
 
-How a backend serves its listening socket (`serve_connection` does all of it)::
-
-    poller = Poller()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(poller.run, handler)
-        while True:
-            conn, _ = await listener.accept()
-            nursery.start_soon(serve_connection, conn, poller, handler, ...)
-
-`serve_connection` runs the handshake (`accept_channel`), then `poller.add`s a shared-memory
-channel and awaits the end of its socket (EOF: the client is gone, even if it was killed), or
-runs a socket-transport channel's own loop; in every case it finally closes the channel, which
-detaches it from the poller, runs the `on_close` callbacks, unmaps the region and closes the
-descriptors and the socket.
+Channels come from `channel.transport.serve`, which runs the handshake, `add`s each
+shared-memory channel to the poller and closes it when its peer goes away.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """The same endpoints without shared memory: commands and completions framed over the socket.
 
 The baseline the benchmarks compare the rings against, and a fallback where memfds cannot be
-passed. A frame is a 4-byte little-endian length, then exactly what a ring slot would hold
-(command or completion header, msgpack body), then the data inline. A command that carries
-data or wants reply data sets `buf = 0`: the frame stands in for a single data buffer of
-`limits.MAX_BUFFER_SIZE` bytes, so the server's `input_data`/`output_buffer` behave as on a
-ring (empty when `buf` is NO_BUFFER). The hello says `transport: "socket"` and carries no fds.
-
-`SocketBlockingClient` and `SocketTrioClient` have the shared-memory clients' `call` and
-`call_into`; `SocketServerChannel` has `ServerChannel`'s interface plus `run(handler)`.
+passed. The frames are `channel.protocol.frames`'; the hello says `transport: "socket"` and
+carries no fds. `SocketBlockingClient` and `SocketTrioClient` have the shared-memory clients'
+`call` and `call_into`; the server's side is `channel.transport.socket_server`.
 """
 
 from __future__ import annotations
