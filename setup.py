@@ -1,4 +1,4 @@
-"""Build of the compiled channel core (`channel/_core.c`); everything else is in pyproject.toml.
+"""Build of the compiled channel core (`channel/protocol/_core.c`); the rest is in pyproject.toml.
 
 A C extension with the CPython C API rather than Cython: the core is a few hundred lines of
 pointer arithmetic, atomics and fences over a mapping, which C states directly (and ASan
@@ -12,8 +12,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "channel._core",
-            sources=["channel/_core.c"],
+            "channel.protocol._core",
+            sources=["channel/protocol/_core.c"],
             extra_compile_args=["-Wall", "-Wextra", "-Werror", "-O2", "-std=gnu11"],
         )
     ]

@@ -16,8 +16,8 @@ import sys
 import trio
 
 from backend_server.server import AccessPolicy, SocketInUse, serve
-from channel.handshake import read_secret
-from channel.limits import LOG_BACKUPS, LOG_MAX_BYTES
+from channel.protocol.limits import LOG_BACKUPS, LOG_MAX_BYTES
+from channel.transport.handshake_io import read_secret
 
 LEVELS = ("debug", "info", "warning", "error")
 

@@ -21,11 +21,11 @@ one the kernel reported at handshake (`channel.creds`); header uid/gid/pid are i
 header umask is honoured (it can only restrict the caller's own new files).
 
 Checks that apply to many operations are made in one place, `_check_admissible`, before
-an operation runs, from the opcodes' own flags (`channel.opcodes`): a channel of a read-only
-mount gets EROFS for every command that `mutates`; an application channel gets EMFILE for
+an operation runs, from the opcodes' own flags (`channel.protocol.opcodes`): a channel of a
+read-only mount gets EROFS for every command that `mutates`; an application channel gets EMFILE for
 one that opens a handle past its channel's or its user's limit (`handles.HandleQuota`), and
 ENFILE for one that may hold another descriptor once the server is down to the reserve it
-keeps for the mount's own channel (`channel.descriptors`).
+keeps for the mount's own channel (`channel.transport.descriptors`).
 
 Channel state is released by `channel_closed(channel)`, which the Backend also registers in
 `channel.on_close` on first contact; calling it twice is harmless.
@@ -39,7 +39,6 @@ import errno
 import functools
 import logging
 import os
-from typing import Any
 
 import trio
 
@@ -48,12 +47,13 @@ from backend_server.context import Reply, Request
 from backend_server.dispatch import OPS, OpSpec
 from backend_server.handles import HandleQuota
 from backend_server.identity import NO_CALLER, Identity, Switcher
-from backend_server.inodes import ROOT_INO, InodeTable
+from backend_server.inodes import InodeTable
 from backend_server.names import fail
 from backend_server.session import Session
-from channel.descriptors import DescriptorBudget
-from channel.opcodes import HOLDS_DESCRIPTOR, OPENS_HANDLE, Op, mutates
-from channel.protocol import Command, pack_body
+from channel.protocol.codec import Command, pack_body
+from channel.protocol.opcodes import HOLDS_DESCRIPTOR, OPENS_HANDLE, ROOT_INO, Op, mutates
+from channel.transport.descriptors import DescriptorBudget
+from channel.transport.server_api import ServedChannel
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class Backend:
         self.table.close()
 
     # -- channels -----------------------------------------------------------------------
-    def channel_closed(self, channel: Any) -> None:
+    def channel_closed(self, channel: ServedChannel) -> None:
         """Release everything `channel` held: its lookups and its open handles."""
         self._forget_channel(id(channel))
 
@@ -142,7 +142,7 @@ class Backend:
             handle.close()
         self.table.release_session(session)
 
-    def _session(self, channel: Any) -> Session:
+    def _session(self, channel: ServedChannel) -> Session:
         session = self._sessions.get(id(channel))
         if session is None:
             app_identity = None
@@ -150,23 +150,20 @@ class Backend:
                 creds = channel.creds
                 app_identity = self.identity.caller(creds.uid, creds.gid, tuple(creds.groups))
             key = id(channel)
-            readonly = bool(getattr(channel, "readonly", False))
-            session = Session(channel, app_identity, self.handles, readonly=readonly)
+            session = Session(channel, app_identity, self.handles, readonly=channel.readonly)
             self._sessions[key] = session
-            callbacks = getattr(channel, "on_close", None)
-            if callbacks is not None:
-                # Capture the key, not the channel: a closure over the channel stored in the
-                # channel would be a reference cycle, keeping its region's views (and the
-                # mmap's descriptor) alive until the garbage collector runs.
-                callbacks.append(lambda *_: self._forget_channel(key))
+            # Capture the key, not the channel: a closure over the channel stored in the
+            # channel would be a reference cycle, keeping its region's views (and the mmap's
+            # descriptor) alive until the garbage collector runs.
+            channel.on_close.append(lambda: self._forget_channel(key))
         return session
 
-    def _trusted_driver(self, channel: Any) -> bool:
+    def _trusted_driver(self, channel: ServedChannel) -> bool:
         """Header identities are believed only from a driver channel whose peer is root or the
         server's own user: anyone else claiming the driver role acts as itself. (The accept
         loop should refuse such a hello outright; this keeps the operations layer safe even
         if it does not.)"""
-        if getattr(channel, "role", None) != "driver":
+        if channel.role != "driver":
             return False
         return int(channel.creds.uid) in (0, self.identity.server.uid)
 
@@ -177,7 +174,7 @@ class Backend:
         return self.identity.caller(cmd.uid, cmd.gid, groups)
 
     # -- commands -----------------------------------------------------------------------
-    def handler(self, channel: Any, cmd: Command) -> None:
+    def handler(self, channel: ServedChannel, cmd: Command) -> None:
         """Execute or start `cmd`; see the module docstring. Never raises."""
         try:
             spec = OPS.get(cmd.opcode)
@@ -251,7 +248,7 @@ class Backend:
         else:
             self._complete(req.channel, req.cmd.tag, status, reply)
 
-    def _watch(self, channel: Any, cmd: Command) -> None:
+    def _watch(self, channel: ServedChannel, cmd: Command) -> None:
         """WATCH: the driver asks to hear of application changes to what it holds."""
         session = self._session(channel)
         if session.app_identity is not None:
@@ -309,7 +306,7 @@ class Backend:
         self._finish(spec, req, status, reply)
 
     @staticmethod
-    def _complete(channel: Any, tag: int, status: int, reply: Reply | None) -> None:
+    def _complete(channel: ServedChannel, tag: int, status: int, reply: Reply | None) -> None:
         try:
             if reply is None:
                 channel.complete(tag, status)

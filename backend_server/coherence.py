@@ -24,7 +24,6 @@ from typing import Any
 
 INODE = 0
 ENTRY = 1
-ROOT_INO = 1
 
 Notice = list[Any]  # [INODE, ino] or [ENTRY, parent, name]
 Publish = Callable[[], None]

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from backend_server.handles import Handle
 from backend_server.identity import Identity, Switcher
 from backend_server.inodes import Inode, InodeTable
 from backend_server.names import fail
 from backend_server.wire import entry_body
-from channel.protocol import Command
+from channel.protocol.codec import Command
+from channel.transport.server_api import ServedChannel
 
 if TYPE_CHECKING:
     from backend_server.session import Session
@@ -49,7 +50,7 @@ class Request:
         self,
         table: InodeTable,
         session: Session,
-        channel: Any,
+        channel: ServedChannel,
         cmd: Command,
         caller: Identity,
         identity: Switcher,

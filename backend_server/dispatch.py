@@ -38,7 +38,7 @@ from backend_server import ops_data, ops_dir, ops_meta, ops_path, ops_restore, o
 from backend_server.coherence import ENTRY, INODE, Notice
 from backend_server.context import Reply, Request
 from backend_server.ops_dir import INLINE_READDIR_ENTRIES
-from channel.opcodes import Op
+from channel.protocol.opcodes import Op
 
 #: READ/WRITE above this size run in a worker thread.
 LARGE_IO = 256 * 1024

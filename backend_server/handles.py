@@ -29,8 +29,8 @@ import os
 from collections.abc import Callable
 
 from backend_server.identity import Identity
-from channel import limits
-from channel.descriptors import DescriptorBudget
+from channel.protocol import limits
+from channel.transport.descriptors import DescriptorBudget
 
 
 class Handle:

@@ -57,12 +57,12 @@ from typing import TYPE_CHECKING, ParamSpec
 
 from backend_server import syscalls
 from backend_server.names import fail
-from channel.limits import INODE_FD_CACHE, INODE_FD_SHARE
+from channel.protocol.limits import INODE_FD_CACHE, INODE_FD_SHARE
+from channel.protocol.opcodes import ROOT_INO
 
 if TYPE_CHECKING:
     from backend_server.session import Session
 
-ROOT_INO = 1
 
 P = ParamSpec("P")
 

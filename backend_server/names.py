@@ -18,7 +18,7 @@ import errno
 import os
 from enum import Enum
 
-from channel.limits import NAME_MAX, PATH_MAX, XATTR_NAME_MAX
+from channel.protocol.limits import NAME_MAX, PATH_MAX, XATTR_NAME_MAX
 
 
 def fail(code: int, what: str = "") -> OSError:

@@ -29,7 +29,7 @@ from backend_server.handles import Handle
 from backend_server.names import Use, check_name, fail
 from backend_server.ops_meta import is_special
 from backend_server.wire import U32_MAX, entry_body
-from channel.protocol import pack_body
+from channel.protocol.codec import pack_body
 
 #: open(2) flags a client may ask for; everything else (O_CREAT and O_EXCL outside CREATE,
 #: O_PATH, O_TMPFILE, O_NOCTTY, O_ASYNC, O_CLOEXEC) is dropped, and O_CLOEXEC is added.

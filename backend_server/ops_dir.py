@@ -31,11 +31,11 @@ import msgpack
 from backend_server import syscalls, wire
 from backend_server.context import EMPTY, Reply, Request
 from backend_server.handles import Handle
-from backend_server.inodes import O_PATH_FLAGS, ROOT_INO, Inode
+from backend_server.inodes import O_PATH_FLAGS, Inode
 from backend_server.names import Use, check_name, check_symlink_target, fail
 from backend_server.wire import U32_MAX, attr
-from channel.opcodes import DOT_ENTRIES, READDIR_DOTS
-from channel.protocol import pack_body
+from channel.protocol.codec import pack_body
+from channel.protocol.opcodes import DOT_ENTRIES, READDIR_DOTS, ROOT_INO
 
 #: A READDIR page built inline (in the trio thread) stops after this many entries (~0.25 ms of
 #: work); a page built in a worker thread is bounded by the output buffer alone.

@@ -23,7 +23,7 @@ from backend_server.identity import Identity
 from backend_server.inodes import Inode
 from backend_server.names import fail
 from backend_server.wire import U32_MAX, attr
-from channel.protocol import pack_body
+from channel.protocol.codec import pack_body
 
 #: The body of a FORGET can carry at most this many pairs before it is refused (one slot's
 #: worth is far less; this only bounds the work a hostile body can ask for).

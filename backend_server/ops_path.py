@@ -20,8 +20,8 @@ from backend_server import wire
 from backend_server.context import Reply, Request
 from backend_server.inodes import O_PATH_FLAGS
 from backend_server.names import Use, check_name, fail
-from channel.limits import PATH_MAX
-from channel.protocol import pack_body
+from channel.protocol.codec import pack_body
+from channel.protocol.limits import PATH_MAX
 
 
 def _components(value: object) -> list[bytes]:

@@ -19,13 +19,14 @@ import os
 from backend_server import wire
 from backend_server.context import EMPTY, Reply, Request
 from backend_server.handles import Handle
-from backend_server.inodes import O_PATH_FLAGS, ROOT_INO
+from backend_server.inodes import O_PATH_FLAGS
 from backend_server.names import Use, check_name, fail
 from backend_server.ops_data import open_flags
 from backend_server.ops_meta import is_special
 from backend_server.wire import U32_MAX, U64_MAX
-from channel.limits import MAX_RESTORE_BATCH
-from channel.protocol import pack_body
+from channel.protocol.codec import pack_body
+from channel.protocol.limits import MAX_RESTORE_BATCH
+from channel.protocol.opcodes import ROOT_INO
 
 #: Flags that made sense at the original open but must not act again on a re-open.
 _NOT_AGAIN = os.O_TRUNC | os.O_CREAT | os.O_EXCL

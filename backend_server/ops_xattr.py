@@ -26,7 +26,7 @@ from backend_server import wire
 from backend_server.context import EMPTY, Reply, Request
 from backend_server.inodes import Inode
 from backend_server.names import check_xattr_name, fail
-from channel.limits import XATTR_SIZE_MAX
+from channel.protocol.limits import XATTR_SIZE_MAX
 
 XATTR_CREATE = 1
 XATTR_REPLACE = 2

@@ -7,7 +7,7 @@ secret file must then be presented too. SIGTERM/SIGINT stop accepting, let the c
 flight finish, release every channel and exit 0. A socket path on which a live server
 answers is refused (`SocketInUse`), never taken over.
 
-Limits (all in `channel.limits`; SECURITY.md lists them with their tests): per peer uid at
+Limits (all in `channel.protocol.limits`; SECURITY.md lists them with their tests): per peer uid at
 most MAX_HANDSHAKES_PER_UID connections waiting for or in their handshake, and
 MAX_PENDING_HANDSHAKES in all, each with HANDSHAKE_TIMEOUT from accept() to the answer;
 per served identity MAX_CHANNELS_PER_UID channels (`ChannelQuota`, taken once the identity
@@ -33,19 +33,13 @@ from dataclasses import dataclass, field
 import trio
 
 from backend_server.backend import Backend
-from channel import limits
-from channel.descriptors import DescriptorBudget, raise_soft_limit
-from channel.handshake import (
-    Hello,
-    PeerCredentials,
-    Refusal,
-    Release,
-    accept_forever,
-    peer_uid,
-    refuse,
-    someone_listens,
-)
-from channel.poller import AnyChannel, Poller, serve_connection
+from channel.protocol import limits
+from channel.protocol.handshake import Hello, PeerCredentials, Refusal, Release
+from channel.transport.descriptors import DescriptorBudget, raise_soft_limit
+from channel.transport.handshake_io import accept_forever, peer_uid, refuse, someone_listens
+from channel.transport.serve import serve_connection
+from channel.transport.server_api import ServedChannel
+from channel.transport.shm_server import Poller
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +175,7 @@ async def serve(
     policy: AccessPolicy | None = None,
     secret: bytes | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    on_channel: Callable[[AnyChannel], None] | None = None,
+    on_channel: Callable[[ServedChannel], None] | None = None,
 ) -> None:
     """Serve `export` on `socket_path` until SIGTERM/SIGINT."""
     policy = policy or AccessPolicy()
@@ -239,7 +233,7 @@ async def serve(
                         slots.per_uid[counted] -= 1
                         counted = None
 
-                def opened(channel: AnyChannel) -> None:
+                def opened(channel: ServedChannel) -> None:
                     release_slot()
                     if on_channel is not None:
                         on_channel(channel)

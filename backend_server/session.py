@@ -8,11 +8,11 @@ Handles are per channel: a file handle number means nothing on another channel.
 from __future__ import annotations
 
 import errno
-from typing import Any
 
 from backend_server.handles import Handle, HandleQuota
 from backend_server.identity import Identity
 from backend_server.names import fail
+from channel.transport.server_api import ServedChannel
 
 
 class Session:
@@ -22,7 +22,7 @@ class Session:
 
     def __init__(
         self,
-        channel: Any,
+        channel: ServedChannel,
         app_identity: Identity | None,
         quota: HandleQuota | None = None,
         *,

@@ -1,4 +1,4 @@
-"""Request bodies in, reply bodies out: the server's side of the layouts in channel/opcodes.py.
+"""Request bodies in, reply bodies out: the server's side of channel/protocol/opcodes.py's layouts.
 
 Bodies come from a region the server treats as hostile, so every accessor here checks the
 type and range of what it takes and raises OSError(EINVAL) otherwise; nothing else escapes.
@@ -12,8 +12,8 @@ import os
 from typing import Any
 
 from backend_server.names import fail
-from channel.opcodes import ATTR_FIELDS
-from channel.protocol import pack_body
+from channel.protocol.codec import pack_body
+from channel.protocol.opcodes import ATTR_FIELDS
 
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from channel.direct import DirectClient
+from fusefront.direct import DirectClient
 
 REPO = Path(__file__).resolve().parent.parent
 RINGFS = [sys.executable, "-m", "fusefront.cli.main"]

@@ -52,7 +52,7 @@ from typing import Any
 
 from fio_chart import draw_chart
 
-from channel.stats import process_cpu_seconds
+from channel.transport.stats import process_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from channel.layout import Geometry, Region
-from channel.opcodes import Op
-from channel.protocol import pack_body
-from channel.sides import IMPLEMENTATION, ClientSide, Rejected, ServerSide
+from channel.protocol.codec import pack_body
+from channel.protocol.layout import Geometry, Region
+from channel.protocol.opcodes import Op
+from channel.protocol.sides import IMPLEMENTATION, ClientSide, Rejected, ServerSide
 
 TOKEN = bytes(range(16))
 

@@ -2,7 +2,7 @@
 
 Mounts a scratch export with `ringfs up`, then runs `--clients` processes for `--seconds`:
 half work on the mount with ordinary file APIs, half through application channels of their
-own (`channel.direct.DirectClient`, which the mount's driver hands out). Each owns a
+own (`fusefront.direct.DirectClient`, which the mount's driver hands out). Each owns a
 directory and keeps a model of what it wrote; every read is checked against the model (and
 the application channels' files are also read through the mount, for coherence). Server
 and driver memory is sampled each second. Exit status 0 and a last line
@@ -28,8 +28,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from channel.direct import DirectClient  # noqa: E402
-from channel.layout import Geometry  # noqa: E402
+from channel.protocol.layout import Geometry  # noqa: E402
+from fusefront.direct import DirectClient  # noqa: E402
 
 GEOMETRY = Geometry(sq_entries=16, cq_entries=16, slot_size=8192, buf_count=4, buf_size=1 << 20)
 

@@ -3,12 +3,12 @@
     python docs/gen_wire_tables.py           # rewrite the tables in docs/wire-format.md
     python docs/gen_wire_tables.py --check   # exit 1 if they are out of date
 
-Every number comes from `channel.layout`, `channel.protocol`, `channel.opcodes` and
-`channel.limits` (and the geometries the driver and application channels use); only the
-one-line meanings of header fields are written here, and a header field without one stops the
+Every number comes from `channel.protocol`'s `layout`, `codec`, `frames`, `opcodes` and
+`limits` (and the geometries the driver and application channels use); only the one-line
+meanings of header fields are written here, and a header field without one stops the
 generator, so a new field cannot reach the document undescribed. In the markdown, each table
 sits between `<!-- BEGIN GENERATED: name -->` and `<!-- END GENERATED: name -->`.
-`tests/test_docs.py` fails when the document differs from what this script writes.
+`tests/project/test_docs.py` fails when the document differs from what this script writes.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from channel import layout, limits, opcodes, protocol, socket_transport
-from channel.direct import DIRECT_GEOMETRY
-from channel.handshake import LENGTH
-from channel.layout import ClientStat, Geometry, ServerStat
+from channel.protocol import codec, frames, layout, limits, opcodes
+from channel.protocol.handshake import LENGTH
+from channel.protocol.layout import ClientStat, Geometry, ServerStat
+from fusefront.direct import DIRECT_GEOMETRY
 from fusefront.mount import DRIVER_GEOMETRY
 
 DOC = Path(__file__).resolve().parent / "wire-format.md"
@@ -190,7 +190,7 @@ def geometry_table() -> str:
     geometries = [
         ("`Geometry()` (default)", Geometry()),
         ("`DRIVER_GEOMETRY` (fusefront.mount)", DRIVER_GEOMETRY),
-        ("`DIRECT_GEOMETRY` (channel.direct)", DIRECT_GEOMETRY),
+        ("`DIRECT_GEOMETRY` (fusefront.direct)", DIRECT_GEOMETRY),
     ]
     rows = [
         (
@@ -209,15 +209,15 @@ def geometry_table() -> str:
 
 
 def command_table() -> str:
-    names = [f for f in protocol.Command._fields if f != "body"]
-    table = _header_table(protocol.COMMAND_HEADER.format, names, COMMAND_MEANINGS)
-    return f"{table}\n\nTotal: {protocol.COMMAND_HEADER.size} bytes (`COMMAND_HEADER`)."
+    names = [f for f in codec.Command._fields if f != "body"]
+    table = _header_table(codec.COMMAND_HEADER.format, names, COMMAND_MEANINGS)
+    return f"{table}\n\nTotal: {codec.COMMAND_HEADER.size} bytes (`COMMAND_HEADER`)."
 
 
 def completion_table() -> str:
-    names = [f for f in protocol.Completion._fields if f != "body"]
-    table = _header_table(protocol.COMPLETION_HEADER.format, names, COMPLETION_MEANINGS)
-    return f"{table}\n\nTotal: {protocol.COMPLETION_HEADER.size} bytes (`COMPLETION_HEADER`)."
+    names = [f for f in codec.Completion._fields if f != "body"]
+    table = _header_table(codec.COMPLETION_HEADER.format, names, COMPLETION_MEANINGS)
+    return f"{table}\n\nTotal: {codec.COMPLETION_HEADER.size} bytes (`COMPLETION_HEADER`)."
 
 
 def attr_table() -> str:
@@ -225,7 +225,7 @@ def attr_table() -> str:
 
 
 def documented_opcodes() -> dict[str, tuple[str, str, str]]:
-    """The table of `channel.opcodes`' docstring: name -> (header fields, body, reply)."""
+    """The table of `channel.protocol.opcodes`' docstring: name -> (header fields, body, reply)."""
     doc = opcodes.__doc__ or ""
     rows: dict[str, tuple[str, str, str]] = {}
     for line in doc.splitlines():
@@ -244,7 +244,7 @@ def opcode_table() -> str:
     names = {op.name for op in opcodes.Op}
     if set(documented) != names:
         raise SystemExit(
-            "gen_wire_tables: channel.opcodes' table and Op disagree: "
+            "gen_wire_tables: channel.protocol.opcodes' table and Op disagree: "
             f"undocumented {sorted(names - set(documented))}, "
             f"unknown {sorted(set(documented) - names)}"
         )
@@ -270,8 +270,8 @@ def _code(cell: str) -> str:
 
 
 def limit_comments() -> dict[str, str]:
-    """Each constant of channel.limits with the `#:` comment above it (or above the group of
-    constants it starts, when several follow one comment)."""
+    """Each constant of channel.protocol.limits with the `#:` comment above it (or above the
+    group of constants it starts, when several follow one comment)."""
     comments: dict[str, str] = {}
     pending: list[str] = []
     current = ""
@@ -304,34 +304,34 @@ def limits_table() -> str:
 def derived_table() -> str:
     slot = Geometry().slot_size
     rows = [
-        ("`COMMAND_HEADER.size`", protocol.COMMAND_HEADER.size, "channel.protocol"),
-        ("`COMPLETION_HEADER.size`", protocol.COMPLETION_HEADER.size, "channel.protocol"),
-        ("`TOKEN_SIZE`", protocol.TOKEN_SIZE, "channel.protocol"),
-        ("`NO_BUFFER`", protocol.NO_BUFFER, "channel.protocol"),
+        ("`COMMAND_HEADER.size`", codec.COMMAND_HEADER.size, "channel.protocol"),
+        ("`COMPLETION_HEADER.size`", codec.COMPLETION_HEADER.size, "channel.protocol"),
+        ("`TOKEN_SIZE`", codec.TOKEN_SIZE, "channel.protocol"),
+        ("`NO_BUFFER`", codec.NO_BUFFER, "channel.protocol"),
         (
             f"largest command body in a {slot}-byte slot",
-            protocol.max_command_body(slot),
+            codec.max_command_body(slot),
             "`max_command_body`",
         ),
         (
             f"largest completion body in a {slot}-byte slot",
-            protocol.max_completion_body(slot),
+            codec.max_completion_body(slot),
             "`max_completion_body`",
         ),
         (
             "handshake length prefix",
             f"`{LENGTH.format}` ({LENGTH.size} bytes)",
-            "channel.handshake",
+            "channel.protocol.handshake",
         ),
         (
             "socket transport: one frame's virtual buffer",
-            _size(socket_transport.BUF_SIZE),
-            "channel.socket_transport",
+            _size(frames.BUF_SIZE),
+            "channel.transport.socket_client",
         ),
         (
             "socket transport: largest frame",
-            _size(socket_transport.MAX_FRAME),
-            "channel.socket_transport",
+            _size(frames.MAX_FRAME),
+            "channel.transport.socket_client",
         ),
     ]
     return _table(("size", "value", "defined in"), rows)

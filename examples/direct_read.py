@@ -15,7 +15,7 @@ import argparse
 import hashlib
 import time
 
-from channel.direct import DirectClient
+from fusefront.direct import DirectClient
 
 
 def main() -> None:

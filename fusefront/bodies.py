@@ -1,7 +1,7 @@
 """Command bodies that grow with the kernel's request, split so that each fits one slot.
 
 Most commands have a bounded body (a name, a mode, a symlink target: see
-`channel.limits.DRIVER_SLOT_SIZE`). Two grow without a bound the slot knows of:
+`channel.protocol.limits.DRIVER_SLOT_SIZE`). Two grow without a bound the slot knows of:
 
 * BATCH_FORGET: the kernel gives back every inode it evicted since the driver last read
   /dev/fuse in one request; after `drop_caches` or under memory pressure, with the driver
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from channel.limits import DRIVER_SLOT_SIZE
-from channel.protocol import max_command_body
+from channel.protocol.codec import max_command_body
+from channel.protocol.limits import DRIVER_SLOT_SIZE
 
 #: Bytes of msgpack body one driver command may carry.
 MAX_BODY = max_command_body(DRIVER_SLOT_SIZE)

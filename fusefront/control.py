@@ -1,20 +1,19 @@
 """The driver's control socket: applications ask here for a channel of their own.
 
-An application finds the socket from the mount point alone (the root's `user.ringfs.info`
-names it), creates its region and eventfds, and sends the same hello it would send a server
-(`channel.handshake.connect`). The driver reads who it is from the kernel (SO_PEERCRED, with the
-supplementary groups of that pid), forwards the region, the eventfds and that identity to
-the server over a link of its own (`handshake.forward`; the server trusts forwarded
-identities only from root or its own user), and relays the answer: channel id and token, or
-the server's refusal with its reason. From then on the application talks to the server
-directly through shared memory; the driver only keeps the two sockets paired. When the
-application goes away its socket closes, the driver closes the server link and the server
-frees the channel; when the mount goes away the driver closes every pair, and each
-application sees its channel end (ChannelClosed) at once.
+An application finds the socket from the mount point alone (the root's `user.ringfs.info` names it),
+creates its region and eventfds, and sends the same hello it would send a server
+(`channel.transport.handshake_io.connect`). The driver reads who it is from the kernel (SO_PEERCRED,
+with the supplementary groups of that pid), forwards the region, the eventfds and that identity to
+the server over a link of its own (`handshake_io.forward`; the server trusts forwarded identities
+only from root or its own user), and relays the answer: channel id and token, or the server's
+refusal with its reason. From then on the application talks to the server directly through shared
+memory; the driver only keeps the two sockets paired. When the application goes away its socket
+closes, the driver closes the server link and the server frees the channel; when the mount goes away
+the driver closes every pair, and each application sees its channel end (ChannelClosed) at once.
 
 The socket is mode 0666: any local user may ask, and is served strictly as itself. So
 whatever local users do to it must not hurt the mount or each other (limits from
-`channel.limits`, each refusal sent as a reason with an errno the application raises):
+`channel.protocol.limits`, each refusal sent as a reason with an errno the application raises):
 accept() running out of descriptors is waited out (`handshake.accept_forever`), never fatal;
 per uid at most MAX_HANDSHAKES_PER_UID connections in or waiting for their handshake and
 MAX_CHANNELS_PER_UID channels, more are refused at once (EAGAIN); the whole handshake, the
@@ -35,10 +34,11 @@ import socket
 
 import trio
 
-from channel import handshake, limits
-from channel.descriptors import DescriptorBudget, raise_soft_limit
-from channel.errors import HandshakeRefused, ProtocolError
-from channel.handshake import PeerCredentials, Refusal
+from channel.protocol import handshake, limits
+from channel.protocol.errors import HandshakeRefused, ProtocolError
+from channel.protocol.handshake import PeerCredentials, Refusal
+from channel.transport import handshake_io
+from channel.transport.descriptors import DescriptorBudget, raise_soft_limit
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class ControlSocket:
             self.budget = DescriptorBudget()
             async with trio.open_nursery() as nursery:
                 task_status.started()
-                await handshake.accept_forever(
+                await handshake_io.accept_forever(
                     listener, lambda conn: nursery.start_soon(self._serve_one, conn)
                 )
         finally:
@@ -115,12 +115,12 @@ class ControlSocket:
 
     async def _serve(self, conn: trio.socket.SocketType, deadline: float) -> None:
         try:
-            uid = handshake.peer_uid(conn)
+            uid = handshake_io.peer_uid(conn)
         except OSError:
             return  # gone already
         refusal = self._refusal(uid)
         if refusal is not None:
-            await handshake.refuse(conn, refusal, errno.EAGAIN)
+            await handshake_io.refuse(conn, refusal, errno.EAGAIN)
             return
         # The channel's share is taken now, so that concurrent handshakes cannot pass the
         # quota together; it is given back if the handshake fails.
@@ -165,25 +165,25 @@ class ControlSocket:
             except OSError as exc:
                 code = exc.errno or errno.EIO
                 reason = f"the driver cannot reach its server: {exc.strerror or exc}"
-        await handshake.refuse(conn, reason, code)
+        await handshake_io.refuse(conn, reason, code)
         return None
 
     async def _forward(self, conn: trio.socket.SocketType, deadline: float) -> socket.socket:
         """Read the application's hello, hand it to the server as that peer, answer."""
-        payload, fds, reason = await handshake.read_hello(conn)
+        payload, fds, reason = await handshake_io.read_hello(conn)
         try:
             if reason is not None:
                 raise ProtocolError(reason)
             hello = handshake.parse_hello(payload)
             if hello.role != "app" or hello.transport != "shm" or hello.on_behalf_of:
                 raise ProtocolError("the control socket hands out shared-memory app channels")
-            handshake.check_descriptors(hello, fds)
+            handshake_io.check_descriptors(hello, fds)
             geometry = hello.geometry
             assert geometry is not None
-            peer: PeerCredentials = handshake.peer_credentials(conn)
+            peer: PeerCredentials = handshake_io.peer_credentials(conn)
             timeout = max(0.001, deadline - trio.current_time())
             link, accept = await trio.to_thread.run_sync(
-                lambda: handshake.forward(
+                lambda: handshake_io.forward(
                     self.server_socket,
                     fds,
                     geometry,
@@ -194,9 +194,9 @@ class ControlSocket:
                 )
             )
         finally:
-            handshake.close_all(fds)  # the server received its own copies
+            handshake_io.close_all(fds)  # the server received its own copies
         try:
-            await handshake.send_frame(
+            await handshake_io.send_frame(
                 conn, handshake.make_accept(accept.channel_id, accept.token, accept.server_pid)
             )
         except BaseException:

@@ -12,52 +12,31 @@ import errno
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import pyfuse3
 from pyfuse3 import FUSEError
 
-from channel.errors import ChannelClosed
-from channel.limits import MAX_RESTORE_BATCH, XATTR_SIZE_MAX
-from channel.opcodes import DOT_ENTRIES, READDIR_DOTS, Op, readdir_page_ends
-from channel.protocol import unpack_body
+from channel.protocol.codec import unpack_body
+from channel.protocol.errors import ChannelClosed
+from channel.protocol.limits import MAX_RESTORE_BATCH, XATTR_SIZE_MAX
+from channel.protocol.opcodes import DOT_ENTRIES, READDIR_DOTS, READDIR_PAGE, Op, readdir_page_ends
+from channel.transport.calls import AsyncCaller, Reply
 from fusefront.bodies import RESTORE_BODY_BYTES, forget_bodies
 from fusefront.cache import CacheMode
 from fusefront.guard import answer_every_request
 from fusefront.link import OperationLost
 from fusefront.listing import Listing
+from fusefront.mountinfo import INFO_XATTR_NAME
 from fusefront.nodes import NodeTable
 from fusefront.presentation import Presentation
 
 log = logging.getLogger(__name__)
 
-#: Root xattr through which the driver describes itself (pids, sockets) to local tools.
-INFO_XATTR = b"user.ringfs.info"
 #: The xattr the kernel reads before every buffered write.
 CAPABILITY_XATTR = b"security.capability"
 #: renameat2's flag: the two names swap their objects.
 RENAME_EXCHANGE = 2
-#: Bytes of directory entries asked for per READDIR command.
-READDIR_PAGE = 64 * 1024
-
-
-class Reply(Protocol):
-    status: int
-    value: int
-    body: Any
-    data: bytes | None
-
-
-class Client(Protocol):
-    async def call(
-        self,
-        opcode: int,
-        body: Any = None,
-        *,
-        data: bytes | memoryview | None = None,
-        read_size: int = 0,
-        **fields: int,
-    ) -> Reply: ...
 
 
 def _data_state(attr: Sequence[int]) -> tuple[int, int, int]:
@@ -79,7 +58,7 @@ class RingOperations(pyfuse3.Operations):
 
     def __init__(
         self,
-        client: Client,
+        client: AsyncCaller,
         cache: CacheMode,
         *,
         writeback: bool = False,
@@ -115,7 +94,7 @@ class RingOperations(pyfuse3.Operations):
             raise FUSEError(-reply.status)
         return reply
 
-    async def restore(self, client: Client) -> None:
+    async def restore(self, client: AsyncCaller) -> None:
         """Hand a new server what the kernel holds: inode numbers, then open handles."""
         for listing in self._listings.values():
             listing.lost()  # entries counted by the old server: the new one never counted them
@@ -367,7 +346,7 @@ class RingOperations(pyfuse3.Operations):
         await self._call(Op.SETXATTR, [name, 0], ino=inode, data=value, **_ctx_fields(ctx))
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if inode == pyfuse3.ROOT_INODE and name == INFO_XATTR:
+        if inode == pyfuse3.ROOT_INODE and name == INFO_XATTR_NAME:
             return self._info()  # the driver describes itself: `ringfs stats`, discovery
         if name == CAPABILITY_XATTR and self._no_capability.get(inode, 0.0) > time.monotonic():
             raise FUSEError(errno.ENODATA)

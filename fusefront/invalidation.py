@@ -17,8 +17,8 @@ from typing import Any
 import pyfuse3
 import trio
 
-from channel.errors import ChannelClosed
-from channel.opcodes import Op
+from channel.protocol.errors import ChannelClosed
+from channel.protocol.opcodes import Op
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,9 @@ from typing import Any
 
 import trio
 
-from channel.errors import ChannelClosed, HandshakeRefused
-from channel.opcodes import Op
+from channel.protocol.errors import ChannelClosed, HandshakeRefused
+from channel.protocol.opcodes import Op
+from channel.transport.calls import AsyncChannelClient, Reply
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +59,23 @@ class OperationLost(ChannelClosed):
 class ServerLink:
     def __init__(
         self,
-        open_client: Callable[[], AbstractAsyncContextManager[Any]],
+        open_client: Callable[[], AbstractAsyncContextManager[AsyncChannelClient]],
         *,
         recover: Callable[[], None] | None = None,
-        on_connect: Callable[[Any], None] = lambda client: None,
+        on_connect: Callable[[AsyncChannelClient], None] = lambda client: None,
     ) -> None:
         self._open_client = open_client
         self._recover = recover
         self._on_connect = on_connect
         #: The driver's hook, run on each new channel before operations may use it.
-        self.restore: Callable[[Any], Awaitable[None]] | None = None
-        self.client: Any = None
+        self.restore: Callable[[AsyncChannelClient], Awaitable[None]] | None = None
+        self.client: AsyncChannelClient | None = None
         self.reconnections = 0
         self._up = trio.Event()
         self._down_since = 0.0
 
     # -- operations ---------------------------------------------------------------------
-    async def call(self, opcode: int, body: Any = None, **kwargs: Any) -> Any:
+    async def call(self, opcode: int, body: Any = None, **kwargs: Any) -> Reply:
         sent = False
         while True:
             client = self.client
@@ -137,7 +138,7 @@ class ServerLink:
             await trio.sleep(pause)
             pause = min(pause * 2, LAST_RETRY_PAUSE)
 
-    def _down(self, client: Any) -> None:
+    def _down(self, client: AsyncChannelClient | None) -> None:
         if client is not None and self.client is client:
             self.client = None
             self._up = trio.Event()

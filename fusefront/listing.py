@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from channel.opcodes import DOT_ENTRIES
+from channel.protocol.opcodes import DOT_ENTRIES
 
 #: An entry as READDIR sends it: [name, attr, next_offset].
 Entry = list[Any]

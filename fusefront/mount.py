@@ -23,16 +23,17 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 import pyfuse3
 import trio
 
-from channel import limits
-from channel.client import TrioClient
-from channel.errors import HandshakeRefused
-from channel.layout import Geometry
-from channel.socket_transport import SocketTrioClient
+from channel.protocol import limits
+from channel.protocol.errors import HandshakeRefused
+from channel.protocol.layout import Geometry
+from channel.transport.calls import AsyncChannelClient
+from channel.transport.shm_client import TrioClient
+from channel.transport.socket_client import SocketTrioClient
 from fusefront.control import ControlSocket
 from fusefront.dirty_limits import lift_for_writeback
 from fusefront.driver import RingOperations
@@ -192,7 +193,7 @@ class ServerProcess:
 @contextlib.asynccontextmanager
 async def open_client(
     socket_path: str, opts: MountOptions, secret: bytes | None = None
-) -> AsyncIterator[Any]:
+) -> AsyncIterator[AsyncChannelClient]:
     """The driver's channel. A read-only mount says so: the server then refuses changes on
     it and on every application channel this driver forwards (EROFS)."""
     readonly = opts.readonly
@@ -275,7 +276,7 @@ async def serve_mount(
     """Connect, mount, and run FUSE until unmounted or SIGTERM/SIGINT/SIGHUP; always unmount.
     The link to the server survives its restarts (see fusefront.link)."""
 
-    def connected(client: Any) -> None:
+    def connected(client: AsyncChannelClient) -> None:
         info.server_pid = client.server_pid
 
     link = ServerLink(

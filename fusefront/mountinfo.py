@@ -18,6 +18,7 @@ from typing import Any
 
 #: The root attribute in which the driver describes itself (see fusefront.driver).
 INFO_XATTR = "user.ringfs.info"
+INFO_XATTR_NAME = INFO_XATTR.encode()
 #: The file-system type the kernel lists for a ringfs mount: FUSE's "fuse." plus our subtype,
 #: which carries the cache mode after a dot (fuse.ringfs.auto, fuse.ringfs.none.writeback;
 #: see fusefront.options). `mount -t fuse.ringfs` names the type without the mode.

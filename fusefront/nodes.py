@@ -18,7 +18,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-ROOT_INO = 1
+from channel.protocol.opcodes import ROOT_INO
+
 #: "." and ".." reach an inode that already has a proper name; they never name one.
 _DOTS = (b".", b"..")
 #: msgpack bytes of one restore entry besides its name: array and bin headers, three ints.

@@ -15,7 +15,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from channel.opcodes import ATTR_FIELDS
+from channel.protocol.opcodes import ATTR_FIELDS
 
 _MODE, _UID, _GID = (ATTR_FIELDS.index(name) for name in ("mode", "uid", "gid"))
 

@@ -22,7 +22,7 @@ set -x
 mkdir -p "$mnt/demo/src"
 cp -r channel "$mnt/demo/src/"
 ls -la "$mnt/demo/src/channel" | head -5
-sha256sum channel/ring.py "$mnt/demo/src/channel/ring.py"
+sha256sum channel/protocol/ring.py "$mnt/demo/src/channel/protocol/ring.py"
 echo "hello from ringfs" > "$mnt/demo/hello.txt"
 cat "$mnt/demo/hello.txt"
 ln -sf hello.txt "$mnt/demo/link" && readlink "$mnt/demo/link"
@@ -33,7 +33,7 @@ df -h "$mnt"
 set +x
 
 echo "== an application channel of its own (no system call per read)"
-python examples/direct_read.py "$mnt" demo/src/channel/ring.py
+python examples/direct_read.py "$mnt" demo/src/channel/protocol/ring.py
 rm -rf "$mnt/demo"
 
 echo "== ringfs stats $mnt"

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# gcc and the Python headers: the install compiles channel/_core.c.
+# gcc and the Python headers: the install compiles channel/protocol/_core.c.
 debs=(fuse3 libfuse3-dev pkg-config fio git sqlite3 tar attr procps psmisc build-essential python3-dev)
 missing=()
 for p in "${debs[@]}"; do
@@ -24,10 +24,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.ringfs-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-    || [ channel/_core.c -nt "$stamp" ]; then
-    # The editable install compiles channel/_core.c next to its source; a compiler error fails
+    || [ channel/protocol/_core.c -nt "$stamp" ]; then
+    # The editable install compiles channel/protocol/_core.c next to its source; a compiler error fails
     # the set-up with the compiler's message (no fallback to the pure-Python sides).
-    echo "setup: installing ringfs (editable, compiling channel/_core.c) with its test and bench extras"
+    echo "setup: installing ringfs (editable, compiling channel/protocol/_core.c) with its test and bench extras"
     log=.venv/setup.log
     if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test,bench]'; } >"$log" 2>&1; then
         cat "$log" >&2

@@ -5,12 +5,12 @@ Most of the suite mounts real FUSE filesystems. Whenever a collected test needs 
 with a clear message and exit code 3: mount tests are never skipped.
 
 Which tests need FUSE is decided at collection, by test module: every module needs it except
-those listed in `WITHOUT_FUSE` (pure protocol, ring and source checks that mount nothing and
-start no driver). A new module is therefore assumed to need FUSE; list it only if none of its
-tests mounts. So `pytest tests/test_protocol.py tests/test_ring.py` runs where FUSE is absent,
-and any run that includes a mount test refuses to start there.
+those under a directory or named in `WITHOUT_FUSE` (the sans-I/O protocol layer's tests and
+the source checks, which mount nothing and start no driver). A new module is therefore assumed
+to need FUSE; list it only if none of its tests mounts. So `pytest tests/protocol` runs where
+FUSE is absent, and any run that includes a mount test refuses to start there.
 
-`RINGFS_FUSE_DEVICE` (for the suite's own self-test, `tests/test_fuse_check.py`, only): the
+`RINGFS_FUSE_DEVICE` (for the suite's own self-test, `tests/project/test_fuse_check.py`, only): the
 path checked instead of /dev/fuse. It can only make the check fail, never pass where it would
 not: whatever it names must still be the FUSE character device (10, 229), opened read-write.
 """
@@ -24,19 +24,16 @@ from pathlib import Path
 
 import pytest
 
-#: Test modules (file names under tests/) that need neither /dev/fuse nor fusermount3.
+#: What needs neither /dev/fuse nor fusermount3, as paths under tests/: a directory (every
+#: module in it) or one module.
 WITHOUT_FUSE = frozenset(
     {
-        "test_protocol.py",
-        "test_ring.py",
-        "test_core_differential.py",
-        "test_core_selection.py",
-        "test_nodes.py",
-        "test_import_rules.py",
-        "test_docs.py",
-        "test_fuse_check.py",
+        "protocol",  # the sans-I/O layer: bytes and state only
+        "project",  # checks of the repository's source and documents, and of this check
+        "driver/test_nodes.py",
     }
 )
+TESTS = Path(__file__).resolve().parent
 
 #: Linux's FUSE device: misc major 10, minor 229.
 FUSE_DEVICE_NUMBER = os.makedev(10, 229)
@@ -63,7 +60,15 @@ def _fuse_problem() -> str | None:
 
 
 def needs_fuse(item: pytest.Item) -> bool:
-    return Path(str(item.path)).name not in WITHOUT_FUSE
+    path = Path(str(item.path)).resolve()
+    try:
+        relative = path.relative_to(TESTS)
+    except ValueError:
+        return True
+    return not any(
+        str(relative) == listed or listed in (str(parent) for parent in relative.parents)
+        for listed in WITHOUT_FUSE
+    )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from channel.limits import LOG_BACKUPS, LOG_MAX_BYTES
+from channel.protocol.limits import LOG_BACKUPS, LOG_MAX_BYTES
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMAT = "%(asctime)s ringfs[%(process)d] %(name)s %(levelname)s %(message)s"

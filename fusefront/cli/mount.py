@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from channel.handshake import read_secret
+from channel.transport.handshake_io import read_secret
 from fusefront.cli import logs
 from fusefront.cli.daemon import run_in_background
 from fusefront.cli.notify import notify

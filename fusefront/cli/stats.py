@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Any
 
-from channel.errors import ProtocolError
-from channel.stats import (
+from channel.protocol.errors import ProtocolError
+from channel.transport.stats import (
     find_region_fds,
     open_region_readonly,
     process_cpu_seconds,

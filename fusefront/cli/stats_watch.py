@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from channel.stats import rates
+from channel.transport.stats import rates
 
 #: The redraw period of --watch, in seconds.
 PERIOD = 1.0

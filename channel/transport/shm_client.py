@@ -1,0 +1,406 @@
+"""Client endpoints over shared memory: a blocking one for plain programs, one for trio.
+
+Both wrap a `ClientSide` (the I/O-free state machine) and add only what needs I/O or
+waiting: the handshake, copying payloads into and out of data buffers, ringing the SQ
+eventfd when the server sleeps, and the adaptive wait for completions (`doorbell`).
+Both notice the server's death through the handshake socket within a SLEEP_BOUND or so and
+raise `ChannelClosed` instead of hanging.
+
+    with BlockingClient.connect(path) as client:
+        reply = client.call(Op.NOP, body=["hello"]).check()
+
+    async with TrioClient.open(path) as client:     # owns a nursery with its reaper task
+        reply = await client.call(Op.READ, fh=fh, offset=0, read_size=4096)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Self
+
+import trio
+
+from channel.protocol import limits
+from channel.protocol.codec import NO_BUFFER, Completion, HeaderFields, max_command_body
+from channel.protocol.errors import ChannelClosed
+from channel.protocol.handshake import PeerCredentials
+from channel.protocol.layout import ClientStat, Geometry
+from channel.protocol.sides import ClientSide
+from channel.transport import doorbell, handshake_io
+from channel.transport.calls import (
+    AsyncCalls,
+    BlockingCalls,
+    Buffer,
+    Reply,
+    Waiter,
+    background,
+    make_reply,
+)
+from channel.transport.handshake_io import ClientConnection
+from channel.transport.regions import release_views
+
+
+class _Endpoint:
+    """What both shared-memory clients hold: the connection and its ClientSide."""
+
+    def __init__(self, conn: ClientConnection, idle_spin: float) -> None:
+        self._conn = conn
+        self.sock = conn.sock
+        self.region = conn.region
+        self.channel_id = conn.accept.channel_id
+        self.token = conn.accept.token
+        self.server_pid = conn.accept.server_pid
+        self.side = ClientSide(conn.region, conn.accept.token)
+        self.clock = doorbell.IdleClock(idle_spin)
+        self.closed = False
+        g = conn.region.geometry
+        self.buf_size = g.buf_size
+        self.max_body = max_command_body(g.slot_size)
+        self._buffers = self.side.buffers
+        self._sq_efd = conn.sq_efd
+        self._cq_efd = conn.cq_efd
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ChannelClosed("the channel is closed")
+
+    def _count_sleep(self) -> None:
+        self.side.stats[ClientStat.SLEEPS] += 1
+
+    def _nudge(self) -> None:
+        doorbell.nudge_if_unconsumed(self.side.sq, self._sq_efd)
+
+    def _has_buffers(self) -> bool:
+        return bool(self._buffers)
+
+    def _submit(
+        self, opcode: int, packed: bytes, buf: int, data: Buffer | None, fields: HeaderFields
+    ) -> int:
+        """Copy `data` into buffer `buf`, put the command on the SQ, ring if needed."""
+        side = self.side
+        data_len = 0
+        if data is not None:
+            data_len = len(data)
+            self._buffers[buf][:data_len] = data
+        tag, wake = side.post(opcode, packed, buf, data_len, fields)
+        if wake:
+            doorbell.ring(self._sq_efd)
+            side.stats[ClientStat.WAKEUPS_SENT] += 1
+        if wake or data_len > limits.SPIN_WORTHY_BYTES or fields[4] > limits.SPIN_WORTHY_BYTES:
+            # The answer is far off: the server was asleep (a wake-up away, and the kernel
+            # tends to wake it on this very CPU), or the command moves so much data that the
+            # server hands it to a worker thread, which needs a CPU that a spinning client
+            # would hold until the next scheduler tick. So park at once instead of spinning.
+            self.clock.last_work = 0.0
+        else:
+            self.clock.worked()  # the server is awake: the answer is worth spinning for
+        return tag
+
+    def _data_out(
+        self, completion: Completion, buf: int, read_size: int, dest: memoryview | None
+    ) -> bytes | None:
+        if buf == NO_BUFFER:
+            return None
+        n = min(completion.data_len, self.buf_size)
+        if dest is not None:
+            n = min(n, len(dest))
+            dest[:n] = self._buffers[buf][:n]
+            return None
+        if read_size <= 0:
+            return None
+        return bytes(self._buffers[buf][: min(n, read_size)])
+
+
+class BlockingClient(_Endpoint, BlockingCalls):
+    """A blocking shared-memory client; thread-safe (one call at a time, under a lock)."""
+
+    def __init__(
+        self, conn: ClientConnection, *, idle_spin: float = limits.DEFAULT_IDLE_SPIN
+    ) -> None:
+        super().__init__(conn, idle_spin)
+        self._lock = threading.Lock()
+        self._released = False
+        #: tag -> data buffer of commands whose caller was interrupted (KeyboardInterrupt):
+        #: the buffer is only reused once the server has answered.
+        self._stale: dict[int, int] = {}
+
+    @classmethod
+    def connect(
+        cls,
+        socket_path: str | os.PathLike[str],
+        *,
+        role: str = "app",
+        geometry: Geometry | None = None,
+        secret: bytes | None = None,
+        idle_spin: float = limits.DEFAULT_IDLE_SPIN,
+        on_behalf_of: PeerCredentials | None = None,
+        timeout: float = limits.HANDSHAKE_TIMEOUT,
+    ) -> BlockingClient:
+        conn = handshake_io.connect(
+            socket_path,
+            role=role,
+            geometry=geometry,
+            secret=secret,
+            on_behalf_of=on_behalf_of,
+            timeout=timeout,
+        )
+        return cls(conn, idle_spin=idle_spin)
+
+    def _call(
+        self,
+        opcode: int,
+        packed: bytes,
+        data: Buffer | None,
+        read_size: int,
+        dest: memoryview | None,
+        need_buf: bool,
+        fields: HeaderFields,
+    ) -> Reply:
+        with self._lock:
+            if self.closed:
+                raise ChannelClosed("the channel is closed")
+            side = self.side
+            while not side.can_submit() or (need_buf and not side.free_buffers):
+                self._retire(self._wait_any())
+            buf = NO_BUFFER
+            if need_buf:
+                acquired = side.acquire_buffer()
+                assert acquired is not None
+                buf = acquired
+            tag = self._submit(opcode, packed, buf, data, fields)
+            done = False
+            try:
+                while True:
+                    completion = self._wait_any()
+                    if completion.tag == tag:
+                        break
+                    self._retire(completion)
+                reply = make_reply(completion, self._data_out(completion, buf, read_size, dest))
+                done = True
+            finally:
+                if buf != NO_BUFFER:
+                    if done:
+                        side.release_buffer(buf)
+                    else:
+                        self._stale[tag] = buf
+        return reply
+
+    def _retire(self, completion: Completion) -> None:
+        buf = self._stale.pop(completion.tag, NO_BUFFER)
+        if buf != NO_BUFFER:
+            self.side.release_buffer(buf)
+
+    def _wait_any(self) -> Completion:
+        side = self.side
+        while True:
+            completion = side.reap()
+            if completion is not None:
+                return completion
+            try:
+                doorbell.wait_blocking(
+                    side.cq, self._cq_efd, self.clock, self._count_sleep, self.sock, self._nudge
+                )
+            except ChannelClosed:
+                self.closed = True
+                raise
+
+    def close(self) -> None:
+        """Hang up (the server then releases the channel) and unmap."""
+        with self._lock:
+            if not self._released:
+                self.closed = True
+                self._released = True
+                release_views(self.side)
+                self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Waiter(Waiter):
+    """A shared-memory call in flight also holds its data buffer and maybe a buffer permit."""
+
+    __slots__ = ("buf", "owns_buffer_permit")
+
+    def __init__(self, buf: int, read_size: int, dest: memoryview | None, permit: bool) -> None:
+        super().__init__(read_size, dest)
+        self.buf = buf
+        self.owns_buffer_permit = permit
+
+
+async def _acquire(semaphore: trio.Semaphore) -> None:
+    """Take a permit; yield to the scheduler only when none is free. trio's own `acquire`
+    always passes through the scheduler twice (about 10 µs each here), and a call takes two
+    permits; the call still checkpoints while it awaits its completion."""
+    try:
+        semaphore.acquire_nowait()
+    except trio.WouldBlock:
+        await semaphore.acquire()
+
+
+class TrioClient(_Endpoint, AsyncCalls):
+    """A trio shared-memory client: many tasks may `await call(...)` at once; completions
+    are matched by tag by a reaper task in the client's own nursery. Use it only as
+    `async with TrioClient.open(path) as client:`. Back-pressure: a call waits (never
+    overwrites) while the in-flight limit is reached or no data buffer is free."""
+
+    def __init__(
+        self, conn: ClientConnection, *, idle_spin: float = limits.DEFAULT_IDLE_SPIN
+    ) -> None:
+        super().__init__(conn, idle_spin)
+        g = conn.region.geometry
+        # At most min(sq, cq) in flight: the CQ always has room for every completion and the
+        # SQ can never be full when a permit is held.
+        self.max_in_flight = min(g.sq_entries, g.cq_entries)
+        self._slots = trio.Semaphore(self.max_in_flight)
+        self._buffer_permits = trio.Semaphore(g.buf_count)
+        self._waiters: dict[int, _Waiter] = {}
+        self._work = trio.Event()
+        self._tsock = trio.socket.from_stdlib_socket(conn.sock)
+        self._closed_event = trio.Event()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        socket_path: str | os.PathLike[str],
+        *,
+        role: str = "app",
+        geometry: Geometry | None = None,
+        secret: bytes | None = None,
+        idle_spin: float = limits.DEFAULT_IDLE_SPIN,
+        on_behalf_of: PeerCredentials | None = None,
+        timeout: float = limits.HANDSHAKE_TIMEOUT,
+        readonly: bool = False,
+    ) -> AsyncIterator[TrioClient]:
+        """Handshake (in a worker thread: it is a short blocking exchange), then run the
+        reaper and the peer watcher until the block exits."""
+
+        def connect() -> ClientConnection:
+            return handshake_io.connect(
+                socket_path,
+                role=role,
+                geometry=geometry,
+                secret=secret,
+                on_behalf_of=on_behalf_of,
+                timeout=timeout,
+                readonly=readonly,
+            )
+
+        conn = await trio.to_thread.run_sync(connect)
+        client = cls(conn, idle_spin=idle_spin)
+        try:
+            async with background(client._reaper, client._watch_peer):
+                yield client
+        finally:
+            client._fail(ChannelClosed("the client was closed"))
+            release_views(client.side)
+            conn.close()
+
+    async def _call(
+        self,
+        opcode: int,
+        packed: bytes,
+        data: Buffer | None,
+        read_size: int,
+        dest: memoryview | None,
+        need_buf: bool,
+        fields: HeaderFields,
+    ) -> Reply:
+        self._check_open()
+        if need_buf:
+            await _acquire(self._buffer_permits)
+        try:
+            await _acquire(self._slots)
+        except BaseException:
+            if need_buf:
+                self._buffer_permits.release()
+            raise
+        # From here the permits belong to the waiter; whoever finishes it releases them.
+        if self.closed:
+            self._finish(_Waiter(NO_BUFFER, 0, None, need_buf))
+            raise ChannelClosed("the channel is closed")
+        buf = NO_BUFFER
+        if need_buf:
+            acquired = self.side.acquire_buffer()
+            assert acquired is not None  # the buffer permits mirror the free list
+            buf = acquired
+        waiter = _Waiter(buf, read_size, dest, need_buf)
+        tag = self._submit(opcode, packed, buf, data, fields)
+        self._waiters[tag] = waiter
+        self._work.set()
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            # Cancelled while in flight: the reaper retires it when the server answers (the
+            # server may still write into its buffer until then).
+            waiter.dest = None
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.reply is not None
+        return waiter.reply
+
+    def _finish(self, waiter: _Waiter) -> None:
+        if waiter.buf != NO_BUFFER:
+            self.side.release_buffer(waiter.buf)
+        if waiter.owns_buffer_permit:
+            self._buffer_permits.release()
+        self._slots.release()
+
+    async def _reaper(self) -> None:
+        try:
+            await self._reap_forever()
+        except Exception as exc:  # a garbled CQ: this channel is unusable, fail its callers
+            self._fail(ChannelClosed(f"the channel broke: {exc}"))
+
+    async def _reap_forever(self) -> None:
+        side, waiters = self.side, self._waiters
+        while True:
+            if not waiters:
+                self._work = trio.Event()
+                await self._work.wait()
+                continue
+            completion = side.reap()
+            if completion is None:
+                await doorbell.wait_trio(
+                    side.cq, self._cq_efd, self.clock, self._count_sleep, self._nudge
+                )
+                continue
+            waiter = waiters.pop(completion.tag, None)
+            if waiter is None:
+                continue
+            waiter.reply = make_reply(
+                completion, self._data_out(completion, waiter.buf, waiter.read_size, waiter.dest)
+            )
+            self._finish(waiter)
+            waiter.event.set()
+
+    async def wait_closed(self) -> None:
+        """Return once the channel is over (the server went away, or the client closed)."""
+        await self._closed_event.wait()
+
+    async def _watch_peer(self) -> None:
+        with suppress(OSError, trio.ClosedResourceError):
+            await self._tsock.recv(1)
+        self._fail(ChannelClosed("the server closed the channel"))
+
+    def _fail(self, error: BaseException) -> None:
+        """Fail every waiter and every future call. Their buffers are not reused: the
+        channel is over, and a server might still be writing into them."""
+        self.closed = True
+        self._closed_event.set()
+        waiters = list(self._waiters.values())
+        self._waiters.clear()
+        for waiter in waiters:
+            waiter.error = error
+            waiter.buf = NO_BUFFER
+            self._finish(waiter)  # frees callers blocked on a permit; they see `closed`
+            waiter.event.set()
+        self._work.set()

@@ -1,0 +1,1 @@
+"""Tests of channel/transport/: endpoints, handshakes, hostile clients, against real servers."""

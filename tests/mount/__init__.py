@@ -1,0 +1,1 @@
+"""Tests through a real FUSE mount: POSIX behaviour, options, limits, recovery, direct channels."""
