@@ -122,8 +122,9 @@ class IdleClock:
         return time.monotonic() - self.last_work >= self.idle_spin
 
 
-def nudge_if_unconsumed(producer: RingProducer, eventfd: int) -> None:
-    """Ring the peer again if commands still sit unconsumed on `producer`'s ring.
+def nudge_if_unconsumed(producer: RingProducer, eventfd: int) -> bool:
+    """Ring the peer again if commands still sit unconsumed on `producer`'s ring, and say
+    whether they did.
 
     Called by a waiting client after each bounded sleep that brought nothing: should a
     wake-up of the server ever be lost, this re-ring bounds the command's wait by
@@ -131,6 +132,8 @@ def nudge_if_unconsumed(producer: RingProducer, eventfd: int) -> None:
     A spurious ring only makes the server's next park return at once."""
     if producer.free_slots() < producer.entries:
         ring(eventfd)
+        return True
+    return False
 
 
 def wait_blocking(
@@ -139,7 +142,7 @@ def wait_blocking(
     clock: IdleClock,
     on_sleep: Callable[[], None],
     watch: socket.socket | None = None,
-    nudge: Callable[[], None] | None = None,
+    nudge: Callable[[], bool] | None = None,
 ) -> None:
     """Return once `consumer` has something available; spin, then park bounded, calling
     `nudge` after each sleep that brought nothing. Raises ChannelClosed if the watched
@@ -169,15 +172,18 @@ async def wait_trio(
     eventfd: int,
     clock: IdleClock,
     on_sleep: Callable[[], None],
-    nudge: Callable[[], None] | None = None,
+    nudge: Callable[[], bool] | None = None,
 ) -> None:
     """Trio's version of `wait_blocking`: checkpoints while spinning, so other tasks run.
 
     A trio client often waits on a command that takes long by design (the driver's WATCH
-    long poll, an fsync): each sleep that brings nothing doubles the next one, from
-    SLEEP_BOUND up to IDLE_POLLER_SLEEP, so an idle mount does not wake 100 times a second.
-    A completion's wake-up ends any sleep at once; only a lost one (which the fences rule
-    out) would wait out the longer bound."""
+    long poll, an fsync). While one of its commands still sits unconsumed on the SQ, it
+    sleeps SLEEP_BOUND and re-rings (`nudge`): that bounds the wait should the server's
+    wake-up be lost. Once the server has taken them all, only the server's completion
+    wake-up can end the wait, which ends any sleep at once; a lost one (which the fences
+    rule out) would wait out IDLE_POLLER_SLEEP, and an idle mount does not wake every few
+    milliseconds on a wait that the peer's doorbell ends anyway (each trio wake-up costs up
+    to several ms of CPU on a small, busy machine)."""
     available = consumer.available
     timeout = limits.SLEEP_BOUND
     while not available():
@@ -191,6 +197,5 @@ async def wait_trio(
                 consumer.finish_park()
             on_sleep()
             if nudge is not None and not available():
-                nudge()
-                timeout = min(timeout * 2, limits.IDLE_POLLER_SLEEP)
+                timeout = limits.SLEEP_BOUND if nudge() else limits.IDLE_POLLER_SLEEP
     clock.worked()

@@ -70,8 +70,8 @@ class _Endpoint:
     def _count_sleep(self) -> None:
         self.side.stats[ClientStat.SLEEPS] += 1
 
-    def _nudge(self) -> None:
-        doorbell.nudge_if_unconsumed(self.side.sq, self._sq_efd)
+    def _nudge(self) -> bool:
+        return doorbell.nudge_if_unconsumed(self.side.sq, self._sq_efd)
 
     def _has_buffers(self) -> bool:
         return bool(self._buffers)
