@@ -25,8 +25,6 @@ import pytest
 from channel.protocol.limits import INODE_FD_CACHE, INODE_FD_SHARE
 from tests.support.mounting import ringfs_mount
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
-
 ENTRIES = 100_000
 #: The soft limit a login shell gives (`ulimit -n 1024`).
 LOGIN_SOFT_LIMIT = 1024
