@@ -76,16 +76,25 @@ def read_secret(path: str | os.PathLike[str]) -> bytes:
 # -- server side (trio) ----------------------------------------------------------------------
 
 
+#: struct ucred, as SO_PEERCRED returns it: pid, uid, gid.
+PEERCRED = struct.Struct("3i")
+
+
+def _ucred(sock: socket.socket | trio.socket.SocketType) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, from the kernel."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+    pid, uid, gid = PEERCRED.unpack(raw)
+    return pid, uid, gid
+
+
 def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int:
     """The connecting process's uid from the kernel (one getsockopt, nothing read)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", raw)[1])
+    return _ucred(sock)[1]
 
 
 def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> PeerCredentials:
     """The connecting process's identity from the kernel, with its supplementary groups."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
+    pid, uid, gid = _ucred(sock)
     return PeerCredentials(pid, uid, gid, supplementary_groups(pid))
 
 
@@ -216,17 +225,29 @@ def send_message(sock: socket.socket, payload: bytes, fds: Sequence[int] = ()) -
         sock.sendall(message[sent:])
 
 
-def someone_listens(path: str | os.PathLike[str]) -> bool:
-    """Does a process accept connections on the socket `path` (not a stale socket file)?"""
+#: `listener_pid` of a listener that is alive but whose queue is full: it cannot say who it is.
+BUSY_LISTENER = 0
+
+
+def listener_pid(path: str | os.PathLike[str]) -> int | None:
+    """The pid of the process accepting connections on the Unix socket `path`; None when
+    nobody does (no socket there, or a stale one); BUSY_LISTENER when one does but its queue
+    is full. The one way both the server (before it replaces a socket) and the driver (which
+    waits for its server) ask whether a server is there."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
         probe.settimeout(1.0)
         try:
             probe.connect(os.fspath(path))
         except (TimeoutError, BlockingIOError):
-            return True  # its queue is full: alive, only busy
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False
-        return True
+            return BUSY_LISTENER  # its queue is full: alive, only busy
+        except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError):
+            return None
+        return _ucred(probe)[0]
+
+
+def someone_listens(path: str | os.PathLike[str]) -> bool:
+    """Does a process accept connections on the socket `path` (not a stale socket file)?"""
+    return listener_pid(path) is not None
 
 
 def _connect_within(sock: socket.socket, path: str, deadline: float) -> None:
