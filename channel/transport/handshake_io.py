@@ -23,6 +23,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import trio
 
@@ -319,31 +320,69 @@ class ClientConnection:
         close_all((self.sq_efd, self.cq_efd))
 
 
-def connect(
-    socket_path: str | os.PathLike[str],
+class HelloOptions(TypedDict, total=False):
+    """What a client may ask for at handshake, over either transport: the keywords of every
+    client's `connect`/`open`, declared once (their defaults are `_hello`'s)."""
+
+    role: str
+    secret: bytes | None
+    on_behalf_of: PeerCredentials | None
+    timeout: float
+    readonly: bool
+
+
+class ShmHelloOptions(HelloOptions, total=False):
+    """A shared-memory client's `HelloOptions`, and the geometry of the region it creates."""
+
+    geometry: Geometry | None
+
+
+def _hello(
+    transport: str,
     *,
-    role: str = "app",
     geometry: Geometry | None = None,
+    role: str = "app",
     secret: bytes | None = None,
     on_behalf_of: PeerCredentials | None = None,
     timeout: float = limits.HANDSHAKE_TIMEOUT,
     readonly: bool = False,
+) -> tuple[bytes, float]:
+    """(the hello's payload, the handshake's timeout) for the client's options."""
+    hello = make_hello(
+        role,
+        geometry,
+        transport=transport,
+        secret=secret,
+        on_behalf_of=on_behalf_of,
+        readonly=readonly,
+    )
+    return hello, timeout
+
+
+def connect(
+    socket_path: str | os.PathLike[str], **options: Unpack[ShmHelloOptions]
 ) -> ClientConnection:
     """Create a region and its two eventfds and hand them to the server (blocking)."""
-    geometry = geometry or Geometry()
+    geometry = options["geometry"] = options.get("geometry") or Geometry()
     region = Region.create(geometry)
     sq_efd = doorbell.make_eventfd()
     cq_efd = doorbell.make_eventfd()
     try:
-        hello = make_hello(
-            role, geometry, secret=secret, on_behalf_of=on_behalf_of, readonly=readonly
-        )
+        hello, timeout = _hello("shm", **options)
         sock, accept = exchange(socket_path, hello, (region.fd, sq_efd, cq_efd), timeout)
     except BaseException:
         region.close()
         close_all((sq_efd, cq_efd))
         raise
     return ClientConnection(sock, accept, region, sq_efd, cq_efd)
+
+
+def connect_socket(
+    socket_path: str | os.PathLike[str], **options: Unpack[HelloOptions]
+) -> tuple[socket.socket, Accept]:
+    """The handshake of a socket-transport client: no region, no descriptors (blocking)."""
+    hello, timeout = _hello("socket", **options)
+    return exchange(socket_path, hello, (), timeout)
 
 
 def forward(
