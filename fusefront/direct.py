@@ -43,6 +43,7 @@ from channel.protocol.layout import Geometry
 from channel.protocol.opcodes import READDIR_PAGE, ROOT_INO, Op, readdir_page_ends
 from channel.transport.calls import Reply
 from channel.transport.shm_client import BlockingClient, TrioClient
+from fusefront import commands
 from fusefront.mountinfo import INFO_XATTR
 
 #: An application channel: a few commands in flight, four 1 MiB data buffers.
@@ -114,7 +115,9 @@ class Plans:
     # -- names --------------------------------------------------------------------------
     def _resolve(self, parts: list[bytes], path: Any) -> Generator[Call, Reply, int]:
         """Look `parts` up with one lookup counted (owed back later); its inode number."""
-        reply = _check((yield Call(Op.RESOLVE, [parts, True], {"ino": ROOT_INO})), path)
+        reply = _check(
+            (yield Call(Op.RESOLVE, commands.resolve(parts, True), {"ino": ROOT_INO})), path
+        )
         return int(reply.body[0][0])
 
     def _parent(self, path: Any) -> Generator[Call, Reply, tuple[int, bytes]]:
@@ -136,7 +139,8 @@ class Plans:
             yield Call(Op.BATCH_FORGET, owed)
 
     def stat(self, path: Any) -> Generator[Call, Reply, os.stat_result]:
-        reply = _check((yield Call(Op.RESOLVE, [components(path), False], {"ino": ROOT_INO})), path)
+        body = commands.resolve(components(path), False)
+        reply = _check((yield Call(Op.RESOLVE, body, {"ino": ROOT_INO})), path)
         return stat_result(reply.body)
 
     def listdir(self, path: Any = "") -> Generator[Call, Reply, list[str]]:
@@ -167,7 +171,8 @@ class Plans:
     def mkdir(self, path: Any, mode: int = 0o777) -> Generator[Call, Reply, None]:
         parent, name = yield from self._parent(path)
         try:
-            reply = yield Call(Op.MKDIR, [name, mode], {"ino": parent, "umask": self.umask})
+            body = commands.mkdir(name, mode)
+            reply = yield Call(Op.MKDIR, body, {"ino": parent, "umask": self.umask})
             yield from self._give_back(_check(reply, path).body[0][0])
         finally:
             yield from self._give_back(parent)
@@ -175,7 +180,7 @@ class Plans:
     def _remove(self, opcode: int, path: Any) -> Generator[Call, Reply, None]:
         parent, name = yield from self._parent(path)
         try:
-            _check((yield Call(opcode, [name], {"ino": parent})), path)
+            _check((yield Call(opcode, commands.named(name), {"ino": parent})), path)
         finally:
             yield from self._give_back(parent)
 
@@ -190,7 +195,7 @@ class Plans:
         try:
             new_parent, new_name = yield from self._parent(dst)
             try:
-                body = [name, new_parent, new_name, 0]
+                body = commands.rename(name, new_parent, new_name)
                 _check((yield Call(Op.RENAME, body, {"ino": parent})), src)
             finally:
                 yield from self._give_back(new_parent)
@@ -205,7 +210,8 @@ class Plans:
             parent, name = yield from self._parent(path)
             try:
                 fields = {"ino": parent, "umask": self.umask}
-                reply = _check((yield Call(Op.CREATE, [name, mode, flags], fields)), path)
+                body = commands.create(name, mode, flags)
+                reply = _check((yield Call(Op.CREATE, body, fields)), path)
             finally:
                 yield from self._give_back(parent)
             ino = reply.body[0][0]
@@ -213,7 +219,9 @@ class Plans:
             parts = components(path)
             ino = (yield from self._resolve(parts, path)) if parts else ROOT_INO
             try:
-                reply = _check((yield Call(Op.OPEN, [flags], {"ino": ino})), path)
+                reply = _check(
+                    (yield Call(Op.OPEN, commands.open_flags(flags), {"ino": ino})), path
+                )
             except BaseException:
                 yield from self._give_back(ino)
                 raise

@@ -12,6 +12,7 @@ from typing import Any
 from channel.protocol.codec import unpack_body
 from channel.protocol.opcodes import ATTR_FIELDS, ROOT_INO, Op
 from channel.transport.calls import Reply
+from fusefront import commands
 
 NOBODY = 65534
 A = {name: i for i, name in enumerate(ATTR_FIELDS)}
@@ -37,27 +38,28 @@ class FS:
 
     # names
     def lookup(self, parent: int, name: bytes) -> Reply:
-        return self.call(Op.LOOKUP, [name], ino=parent)
+        return self.call(Op.LOOKUP, commands.named(name), ino=parent)
 
     def ino(self, path: bytes, parent: int = ROOT_INO) -> int:
         for part in path.split(b"/"):
-            parent = self.ok(Op.LOOKUP, [part], ino=parent).body[0][0]
+            parent = self.ok(Op.LOOKUP, commands.named(part), ino=parent).body[0][0]
         return parent
 
     def mkdir(self, parent: int, name: bytes, mode: int = 0o755, umask: int = 0) -> Reply:
-        return self.call(Op.MKDIR, [name, mode], ino=parent, umask=umask)
+        return self.call(Op.MKDIR, commands.mkdir(name, mode), ino=parent, umask=umask)
 
     def create(
         self, parent: int, name: bytes, mode: int = 0o644, flags: int = os.O_RDWR, umask: int = 0
     ) -> Reply:
-        return self.call(Op.CREATE, [name, mode, flags], ino=parent, umask=umask)
+        body = commands.create(name, mode, flags)
+        return self.call(Op.CREATE, body, ino=parent, umask=umask)
 
     def getattr(self, ino: int) -> list[int]:
         attr: list[int] = self.ok(Op.GETATTR, ino=ino).body
         return attr
 
     def open(self, ino: int, flags: int = os.O_RDWR) -> Reply:
-        return self.call(Op.OPEN, [flags], ino=ino)
+        return self.call(Op.OPEN, commands.open_flags(flags), ino=ino)
 
     def write(self, fh: int, data: bytes, offset: int = 0) -> Reply:
         return self.call(Op.WRITE, data=data, fh=fh, offset=offset)
