@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import socket
+import stat
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -67,11 +68,30 @@ def close_all(fds: Sequence[int]) -> None:
             os.close(fd)
 
 
-def read_secret(path: str | os.PathLike[str]) -> bytes:
+def read_secret(path: str | os.PathLike[str] | None) -> bytes | None:
     """The secret in `path`, as both `ringfs serve --secret-file` and `ringfs mount
-    --secret-file` read it (surrounding whitespace, such as a final newline, is not part)."""
+    --secret-file` read it (surrounding whitespace, such as a final newline, is not part);
+    None without a path."""
+    if not path:
+        return None
     with open(path, "rb") as f:
         return f.read().strip()
+
+
+def socket_path_problem(path: str) -> str | None:
+    """Why a listening socket cannot be created at `path`, or None: its directory must
+    exist, and nothing but a (stale) socket may be there already (a server replaces only a
+    socket file). Checked by the server and by `ringfs up` before it starts one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"directory {directory} does not exist"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode):
+        return "it exists and is not a socket"
+    return None
 
 
 # -- server side (trio) ----------------------------------------------------------------------
