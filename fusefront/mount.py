@@ -291,7 +291,10 @@ async def serve_mount(
             fuse_options = opts.fuse_options(mount_source(socket_path, supervisor))
             if opts.debug:
                 fuse_options.add("debug")
-            pyfuse3.init(ops, mountpoint, fuse_options)
+            try:
+                pyfuse3.init(ops, mountpoint, fuse_options)
+            except RuntimeError as exc:  # libfuse refused the mount: pyfuse3 says which call
+                raise MountError(f"cannot mount {mountpoint}: {exc}") from exc
             try:
                 if opts.writeback:
                     lift_for_writeback(mountpoint)
@@ -362,10 +365,6 @@ def run_driver(
             raise MountError(f"no server socket at {socket_path}") from exc
         except ConnectionRefusedError as exc:
             raise MountError(f"no server listening on {socket_path}") from exc
-        except RuntimeError as exc:
-            if "mount" in str(exc).lower() or "fuse" in str(exc).lower():
-                raise MountError(f"cannot mount {mountpoint}: {exc}") from exc
-            raise
     finally:
         if supervisor is not None:
             supervisor.stop()
