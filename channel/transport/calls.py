@@ -137,6 +137,7 @@ class BlockingCalls(Requests):
         raise NotImplementedError
 
 
+# BlockingCalls' two methods again, as coroutines: the signatures must repeat, the body is shared.
 class AsyncCalls(Requests):
     """`call` and `call_into` of the trio endpoints: many calls may be in flight at once."""
 

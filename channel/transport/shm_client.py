@@ -139,6 +139,7 @@ class BlockingClient(_Endpoint, BlockingCalls):
         return cls(handshake_io.connect(socket_path, **options), idle_spin=idle_spin)
 
     def _call(self, request: Request) -> Reply:
+        # The socket client's _call has this shape too: its I/O (frames, not a ring) differs.
         opcode, packed, data, read_size, dest, need_buf, fields = request
         with self._lock:
             if self.closed:

@@ -1,18 +1,21 @@
 """Helpers for driving the server's operations through a blocking client, shared by the
 tests of tests/server/: `FS` (one method per operation, each returning the Reply) and the
-attribute index `A`."""
+attribute index `A` (and `world_dir`, from `tests.support.worlds`, which they all use)."""
 
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from channel.protocol.codec import unpack_body
 from channel.protocol.opcodes import ATTR_FIELDS, ROOT_INO, Op
 from channel.transport.calls import Reply
 from fusefront import commands
+from tests.support.worlds import world_dir
+
+__all__ = ["FS", "NOBODY", "A", "entry_ino", "world_dir"]
 
 NOBODY = 65534
 A = {name: i for i, name in enumerate(ATTR_FIELDS)}
@@ -100,8 +103,12 @@ def entry_ino(reply: Reply) -> int:
     return ino
 
 
-def world_dir(prefix: str) -> Path:
-    """A directory every uid can search (pytest's own tmp dirs are 0700 for root)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
+def run_workers(worker: Callable[[int], None], count: int, timeout: float = 300) -> None:
+    """Run `worker(0)` ... `worker(count - 1)` in threads at once and wait for all of them
+    (each within `timeout`); a thread still running after that fails the test."""
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert all(not t.is_alive() for t in threads), "a worker thread did not finish"
