@@ -45,10 +45,10 @@ import trio
 from backend_server.coherence import Coherence, Notice
 from backend_server.context import Reply, Request
 from backend_server.dispatch import OPS, OpSpec
+from backend_server.errors import fail
 from backend_server.handles import HandleQuota
 from backend_server.identity import NO_CALLER, Identity, Switcher
 from backend_server.inodes import InodeTable
-from backend_server.names import fail
 from backend_server.session import Session
 from channel.protocol.codec import Command, pack_body
 from channel.protocol.opcodes import HOLDS_DESCRIPTOR, OPENS_HANDLE, ROOT_INO, Op, mutates

@@ -10,10 +10,10 @@ import errno
 import os
 from typing import TYPE_CHECKING, NamedTuple
 
+from backend_server.errors import fail
 from backend_server.handles import Handle
 from backend_server.identity import Identity, Switcher
 from backend_server.inodes import Inode, InodeTable
-from backend_server.names import fail
 from backend_server.wire import entry_body
 from channel.protocol.codec import Command
 from channel.transport.server_api import ServedChannel

@@ -51,7 +51,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from backend_server.names import fail
+from backend_server.errors import fail
 
 SYS_setgroups = 116
 SYS_setfsuid = 122

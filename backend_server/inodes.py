@@ -56,7 +56,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ParamSpec
 
 from backend_server import syscalls
-from backend_server.names import fail
+from backend_server.errors import fail
 from channel.protocol.limits import INODE_FD_CACHE, INODE_FD_SHARE
 from channel.protocol.opcodes import ROOT_INO
 

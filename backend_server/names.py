@@ -15,16 +15,10 @@ than relying on the kernel refusing them on the server's behalf.
 from __future__ import annotations
 
 import errno
-import os
 from enum import Enum
 
+from backend_server.errors import fail
 from channel.protocol.limits import NAME_MAX, PATH_MAX, XATTR_NAME_MAX
-
-
-def fail(code: int, what: str = "") -> OSError:
-    """An OSError carrying `code`: the one way operations signal an errno."""
-    return OSError(code, os.strerror(code), what) if what else OSError(code, os.strerror(code))
-
 
 DOT_NAMES = (b".", b"..")
 

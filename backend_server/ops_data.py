@@ -25,8 +25,9 @@ import stat
 
 from backend_server import syscalls, wire
 from backend_server.context import EMPTY, Reply, Request
+from backend_server.errors import fail
 from backend_server.handles import Handle
-from backend_server.names import Use, check_name, fail
+from backend_server.names import Use, check_name
 from backend_server.ops_meta import is_special
 from backend_server.wire import U32_MAX, entry_body
 from channel.protocol.codec import pack_body

@@ -30,9 +30,10 @@ import msgpack
 
 from backend_server import syscalls, wire
 from backend_server.context import EMPTY, Reply, Request
+from backend_server.errors import fail
 from backend_server.handles import Handle
 from backend_server.inodes import O_PATH_FLAGS, Inode
-from backend_server.names import Use, check_name, check_symlink_target, fail
+from backend_server.names import Use, check_name, check_symlink_target
 from backend_server.wire import U32_MAX, attr
 from channel.protocol.codec import pack_body
 from channel.protocol.opcodes import DOT_ENTRIES, READDIR_DOTS, ROOT_INO

@@ -18,10 +18,10 @@ from typing import Any
 
 from backend_server import syscalls, wire
 from backend_server.context import EMPTY, Reply, Request
+from backend_server.errors import fail
 from backend_server.handles import Handle
 from backend_server.identity import Identity
 from backend_server.inodes import Inode
-from backend_server.names import fail
 from backend_server.wire import U32_MAX, attr
 from channel.protocol.codec import pack_body
 

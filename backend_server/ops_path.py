@@ -18,8 +18,9 @@ import stat
 
 from backend_server import wire
 from backend_server.context import Reply, Request
+from backend_server.errors import fail
 from backend_server.inodes import O_PATH_FLAGS
-from backend_server.names import Use, check_name, fail
+from backend_server.names import Use, check_name
 from channel.protocol.codec import pack_body
 from channel.protocol.limits import PATH_MAX
 

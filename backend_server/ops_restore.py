@@ -18,9 +18,10 @@ import os
 
 from backend_server import wire
 from backend_server.context import EMPTY, Reply, Request
+from backend_server.errors import fail
 from backend_server.handles import Handle
 from backend_server.inodes import O_PATH_FLAGS
-from backend_server.names import Use, check_name, fail
+from backend_server.names import Use, check_name
 from backend_server.ops_data import open_flags
 from backend_server.ops_meta import is_special
 from backend_server.wire import U32_MAX, U64_MAX

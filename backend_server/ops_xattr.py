@@ -24,8 +24,9 @@ import os
 
 from backend_server import wire
 from backend_server.context import EMPTY, Reply, Request
+from backend_server.errors import fail
 from backend_server.inodes import Inode
-from backend_server.names import check_xattr_name, fail
+from backend_server.names import check_xattr_name
 from channel.protocol.limits import XATTR_SIZE_MAX
 
 XATTR_CREATE = 1

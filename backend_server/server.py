@@ -193,7 +193,6 @@ async def serve(
     slots = HandshakeSlots()
     poller = Poller()
     channel_ids = itertools.count(1)
-    log.info("serving %s on %s (pid %d)", export, socket_path, os.getpid())
     backend_done = trio.Event()
 
     async def run_backend(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -284,6 +283,8 @@ async def serve(
             nursery.start_soon(accept_loop)
             task_status.started()
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                # Said once SIGTERM is ours to handle: whoever waits for this line may stop us.
+                log.info("serving %s on %s (pid %d)", export, socket_path, os.getpid())
                 async for signum in signals:
                     log.info("signal %d: finishing commands in flight, then exiting", signum)
                     break

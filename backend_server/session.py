@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import errno
 
+from backend_server.errors import fail
 from backend_server.handles import Handle, HandleQuota
 from backend_server.identity import Identity
-from backend_server.names import fail
 from channel.transport.server_api import ServedChannel
 
 

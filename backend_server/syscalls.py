@@ -10,7 +10,7 @@ import ctypes
 import os
 import threading
 
-from backend_server.names import fail
+from backend_server.errors import fail
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100

@@ -11,7 +11,7 @@ import errno
 import os
 from typing import Any
 
-from backend_server.names import fail
+from backend_server.errors import fail
 from channel.protocol.codec import pack_body
 from channel.protocol.opcodes import ATTR_FIELDS
 

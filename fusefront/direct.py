@@ -32,10 +32,10 @@ import contextlib
 import errno
 import json
 import os
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from channel.protocol.codec import unpack_body
 from channel.protocol.errors import ChannelClosed
@@ -43,6 +43,7 @@ from channel.protocol.layout import Geometry
 from channel.protocol.opcodes import READDIR_PAGE, ROOT_INO, Op, readdir_page_ends
 from channel.transport.calls import Reply
 from channel.transport.shm_client import BlockingClient, TrioClient
+from fusefront import commands
 from fusefront.mountinfo import INFO_XATTR
 
 #: An application channel: a few commands in flight, four 1 MiB data buffers.
@@ -62,6 +63,8 @@ class Call:
 
 
 Plan = Generator[Call, Reply, Any]
+R = TypeVar("R")
+P = ParamSpec("P")
 
 
 def components(path: str | bytes | os.PathLike[str]) -> list[bytes]:
@@ -112,7 +115,9 @@ class Plans:
     # -- names --------------------------------------------------------------------------
     def _resolve(self, parts: list[bytes], path: Any) -> Generator[Call, Reply, int]:
         """Look `parts` up with one lookup counted (owed back later); its inode number."""
-        reply = _check((yield Call(Op.RESOLVE, [parts, True], {"ino": ROOT_INO})), path)
+        reply = _check(
+            (yield Call(Op.RESOLVE, commands.resolve(parts, True), {"ino": ROOT_INO})), path
+        )
         return int(reply.body[0][0])
 
     def _parent(self, path: Any) -> Generator[Call, Reply, tuple[int, bytes]]:
@@ -122,22 +127,23 @@ class Plans:
         parent = yield from self._resolve(parts[:-1], path) if parts[:-1] else _root()
         return parent, parts[-1]
 
-    def _give_back(self, ino: int, count: int = 1) -> Plan:
+    def _give_back(self, ino: int, count: int = 1) -> Generator[Call, Reply, None]:
         if ino != ROOT_INO:
             self.owed.append([ino, count])
         if len(self.owed) >= FORGET_BATCH:
             yield from self.flush_forgets()
 
-    def flush_forgets(self) -> Plan:
+    def flush_forgets(self) -> Generator[Call, Reply, None]:
         if self.owed:
             owed, self.owed = self.owed, []
             yield Call(Op.BATCH_FORGET, owed)
 
-    def stat(self, path: Any) -> Plan:
-        reply = _check((yield Call(Op.RESOLVE, [components(path), False], {"ino": ROOT_INO})), path)
+    def stat(self, path: Any) -> Generator[Call, Reply, os.stat_result]:
+        body = commands.resolve(components(path), False)
+        reply = _check((yield Call(Op.RESOLVE, body, {"ino": ROOT_INO})), path)
         return stat_result(reply.body)
 
-    def listdir(self, path: Any = "") -> Plan:
+    def listdir(self, path: Any = "") -> Generator[Call, Reply, list[str]]:
         parts = components(path)
         ino = (yield from self._resolve(parts, path)) if parts else ROOT_INO
         try:
@@ -162,33 +168,34 @@ class Plans:
             if parts:
                 yield from self._give_back(ino)
 
-    def mkdir(self, path: Any, mode: int) -> Plan:
+    def mkdir(self, path: Any, mode: int = 0o777) -> Generator[Call, Reply, None]:
         parent, name = yield from self._parent(path)
         try:
-            reply = yield Call(Op.MKDIR, [name, mode], {"ino": parent, "umask": self.umask})
+            body = commands.mkdir(name, mode)
+            reply = yield Call(Op.MKDIR, body, {"ino": parent, "umask": self.umask})
             yield from self._give_back(_check(reply, path).body[0][0])
         finally:
             yield from self._give_back(parent)
 
-    def _remove(self, opcode: int, path: Any) -> Plan:
+    def _remove(self, opcode: int, path: Any) -> Generator[Call, Reply, None]:
         parent, name = yield from self._parent(path)
         try:
-            _check((yield Call(opcode, [name], {"ino": parent})), path)
+            _check((yield Call(opcode, commands.named(name), {"ino": parent})), path)
         finally:
             yield from self._give_back(parent)
 
-    def unlink(self, path: Any) -> Plan:
+    def unlink(self, path: Any) -> Generator[Call, Reply, None]:
         return (yield from self._remove(Op.UNLINK, path))
 
-    def rmdir(self, path: Any) -> Plan:
+    def rmdir(self, path: Any) -> Generator[Call, Reply, None]:
         return (yield from self._remove(Op.RMDIR, path))
 
-    def rename(self, src: Any, dst: Any) -> Plan:
+    def rename(self, src: Any, dst: Any) -> Generator[Call, Reply, None]:
         parent, name = yield from self._parent(src)
         try:
             new_parent, new_name = yield from self._parent(dst)
             try:
-                body = [name, new_parent, new_name, 0]
+                body = commands.rename(name, new_parent, new_name)
                 _check((yield Call(Op.RENAME, body, {"ino": parent})), src)
             finally:
                 yield from self._give_back(new_parent)
@@ -196,12 +203,15 @@ class Plans:
             yield from self._give_back(parent)
 
     # -- files --------------------------------------------------------------------------
-    def open(self, path: Any, flags: int, mode: int) -> Plan:
+    def open(
+        self, path: Any, flags: int = os.O_RDONLY, mode: int = 0o666
+    ) -> Generator[Call, Reply, int]:
         if flags & os.O_CREAT:
             parent, name = yield from self._parent(path)
             try:
                 fields = {"ino": parent, "umask": self.umask}
-                reply = _check((yield Call(Op.CREATE, [name, mode, flags], fields)), path)
+                body = commands.create(name, mode, flags)
+                reply = _check((yield Call(Op.CREATE, body, fields)), path)
             finally:
                 yield from self._give_back(parent)
             ino = reply.body[0][0]
@@ -209,7 +219,9 @@ class Plans:
             parts = components(path)
             ino = (yield from self._resolve(parts, path)) if parts else ROOT_INO
             try:
-                reply = _check((yield Call(Op.OPEN, [flags], {"ino": ino})), path)
+                reply = _check(
+                    (yield Call(Op.OPEN, commands.open_flags(flags), {"ino": ino})), path
+                )
             except BaseException:
                 yield from self._give_back(ino)
                 raise
@@ -222,7 +234,7 @@ class Plans:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         return file
 
-    def close(self, fd: int) -> Plan:
+    def close(self, fd: int) -> Generator[Call, Reply, None]:
         file = self.files.pop(fd, None)
         if file is None:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
@@ -231,13 +243,15 @@ class Plans:
         finally:
             yield from self._give_back(file.ino)
 
-    def pread(self, fd: int, size: int, offset: int) -> Plan:
+    def pread(self, fd: int, size: int, offset: int) -> Generator[Call, Reply, bytes]:
         self._file(fd)
         reply = _check((yield Call(Op.READ, None,
                                    {"fh": fd, "offset": offset, "read_size": size})))  # fmt: skip
         return reply.data or b""
 
-    def readinto(self, fd: int, buffer: Any, offset: int | None) -> Plan:
+    def readinto(
+        self, fd: int, buffer: Any, offset: int | None = None
+    ) -> Generator[Call, Reply, int]:
         file = self._file(fd)
         at = file.position if offset is None else offset
         dest = memoryview(buffer).cast("B")
@@ -246,18 +260,18 @@ class Plans:
             file.position += reply.data_len
         return reply.data_len
 
-    def read(self, fd: int, size: int) -> Plan:
+    def read(self, fd: int, size: int) -> Generator[Call, Reply, bytes]:
         file = self._file(fd)
         data: bytes = yield from self.pread(fd, size, file.position)
         file.position += len(data)
         return data
 
-    def pwrite(self, fd: int, data: Any, offset: int) -> Plan:
+    def pwrite(self, fd: int, data: Any, offset: int) -> Generator[Call, Reply, int]:
         self._file(fd)
         reply = _check((yield Call(Op.WRITE, None, {"fh": fd, "offset": offset, "data": data})))
         return reply.value
 
-    def write(self, fd: int, data: Any) -> Plan:
+    def write(self, fd: int, data: Any) -> Generator[Call, Reply, int]:
         file = self._file(fd)
         if file.append:
             size = stat_result(_check((yield Call(Op.GETATTR, None, {"ino": file.ino}))).body)
@@ -266,11 +280,11 @@ class Plans:
         file.position += written
         return written
 
-    def fsync(self, fd: int) -> Plan:
+    def fsync(self, fd: int) -> Generator[Call, Reply, None]:
         self._file(fd)
         _check((yield Call(Op.FSYNC, None, {"fh": fd})))
 
-    def release_all(self) -> Plan:
+    def release_all(self) -> Generator[Call, Reply, None]:
         for fd in list(self.files):
             yield from self.close(fd)
         yield from self.flush_forgets()
@@ -300,6 +314,39 @@ def control_socket(mountpoint: str | os.PathLike[str]) -> str:
     return str(path)
 
 
+def _blocking(
+    plan: Callable[Concatenate[Plans, P], Generator[Call, Reply, R]],
+) -> Callable[Concatenate[DirectClient, P], R]:
+    """`DirectClient`'s method for the plan `plan`: the same signature, run to its result.
+    Generated rather than written out (fifteen one-line forwarders per client), with the
+    plan's parameters and result type carried over by ParamSpec, so mypy checks every call."""
+
+    def run(self: DirectClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._run(plan(self.plans, *args, **kwargs))
+
+    return _named(run, plan)
+
+
+def _awaited(
+    plan: Callable[Concatenate[Plans, P], Generator[Call, Reply, R]],
+) -> Callable[Concatenate[AsyncDirectClient, P], Coroutine[Any, Any, R]]:
+    """`AsyncDirectClient`'s method for `plan`, as `_blocking` but awaited."""
+
+    async def run(self: AsyncDirectClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self._run(plan(self.plans, *args, **kwargs))
+
+    return _named(run, plan)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _named(method: F, plan: Callable[..., Any]) -> F:
+    method.__name__ = method.__qualname__ = plan.__name__
+    method.__doc__ = plan.__doc__
+    return method
+
+
 class DirectClient:
     """A blocking application channel on a ringfs mount (see the module docstring)."""
 
@@ -313,7 +360,7 @@ class DirectClient:
     ) -> DirectClient:
         return cls(BlockingClient.connect(control_socket(mountpoint), geometry=geometry))
 
-    def _run(self, plan: Plan) -> Any:
+    def _run(self, plan: Generator[Call, Reply, R]) -> R:
         client = self.client
         try:
             call = next(plan)
@@ -325,43 +372,27 @@ class DirectClient:
                     reply = client.call(call.opcode, call.body, **fields)
                 call = plan.send(reply)
         except StopIteration as done:
-            return done.value
+            result: R = done.value  # the plan's return value, typed by its signature
+            return result
         except ChannelClosed as exc:
             raise _ended(exc) from exc
 
-    def stat(self, path: Any) -> os.stat_result:
-        return self._run(self.plans.stat(path))  # type: ignore[no-any-return]
-
-    def listdir(self, path: Any = "") -> list[str]:
-        return self._run(self.plans.listdir(path))  # type: ignore[no-any-return]
-
-    def mkdir(self, path: Any, mode: int = 0o777) -> None:
-        self._run(self.plans.mkdir(path, mode))
-
-    def unlink(self, path: Any) -> None:
-        self._run(self.plans.unlink(path))
-
-    def rmdir(self, path: Any) -> None:
-        self._run(self.plans.rmdir(path))
-
-    def rename(self, src: Any, dst: Any) -> None:
-        self._run(self.plans.rename(src, dst))
-
-    def open(self, path: Any, flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
-        return self._run(self.plans.open(path, flags, mode))  # type: ignore[no-any-return]
-
-    def close(self, fd: int) -> None:
-        self._run(self.plans.close(fd))
-
-    def read(self, fd: int, size: int) -> bytes:
-        return self._run(self.plans.read(fd, size))  # type: ignore[no-any-return]
-
-    def pread(self, fd: int, size: int, offset: int) -> bytes:
-        return self._run(self.plans.pread(fd, size, offset))  # type: ignore[no-any-return]
+    stat = _blocking(Plans.stat)
+    listdir = _blocking(Plans.listdir)
+    mkdir = _blocking(Plans.mkdir)
+    unlink = _blocking(Plans.unlink)
+    rmdir = _blocking(Plans.rmdir)
+    rename = _blocking(Plans.rename)
+    open = _blocking(Plans.open)
+    close = _blocking(Plans.close)
+    read = _blocking(Plans.read)
+    pread = _blocking(Plans.pread)
+    write = _blocking(Plans.write)
+    fsync = _blocking(Plans.fsync)
 
     def readinto(self, fd: int, buffer: Any, offset: int | None = None) -> int:
         if offset is None or fd not in self.plans.files:
-            return self._run(self.plans.readinto(fd, buffer, offset))  # type: ignore[no-any-return]
+            return self._run(self.plans.readinto(fd, buffer, offset))
         # The hot path, without a plan: one command, straight into the caller's buffer.
         try:
             reply = self.client.call_into(Op.READ, buffer, fh=fd, offset=offset)
@@ -369,20 +400,14 @@ class DirectClient:
             raise _ended(exc) from exc
         return _check(reply).data_len
 
-    def write(self, fd: int, data: Any) -> int:
-        return self._run(self.plans.write(fd, data))  # type: ignore[no-any-return]
-
     def pwrite(self, fd: int, data: Any, offset: int) -> int:
         if fd not in self.plans.files:
-            return self._run(self.plans.pwrite(fd, data, offset))  # type: ignore[no-any-return]
+            return self._run(self.plans.pwrite(fd, data, offset))
         try:
             reply = self.client.call(Op.WRITE, data=data, fh=fd, offset=offset)
         except ChannelClosed as exc:
             raise _ended(exc) from exc
         return _check(reply).value
-
-    def fsync(self, fd: int) -> None:
-        self._run(self.plans.fsync(fd))
 
     def shutdown(self) -> None:
         """Close every file, give back every lookup, end the channel."""
@@ -420,7 +445,8 @@ class AsyncDirectClient:
                 if not client.closed:
                     await fs._run(fs.plans.release_all())
 
-    async def _run(self, plan: Plan) -> Any:
+    async def _run(self, plan: Generator[Call, Reply, R]) -> R:
+        # DirectClient._run with each call awaited: one plan loop per calling style.
         client = self.client
         try:
             call = next(plan)
@@ -432,48 +458,22 @@ class AsyncDirectClient:
                     reply = await client.call(call.opcode, call.body, **fields)
                 call = plan.send(reply)
         except StopIteration as done:
-            return done.value
+            result: R = done.value  # the plan's return value, typed by its signature
+            return result
         except ChannelClosed as exc:
             raise _ended(exc) from exc
 
-    async def stat(self, path: Any) -> os.stat_result:
-        return await self._run(self.plans.stat(path))  # type: ignore[no-any-return]
-
-    async def listdir(self, path: Any = "") -> list[str]:
-        return await self._run(self.plans.listdir(path))  # type: ignore[no-any-return]
-
-    async def mkdir(self, path: Any, mode: int = 0o777) -> None:
-        await self._run(self.plans.mkdir(path, mode))
-
-    async def unlink(self, path: Any) -> None:
-        await self._run(self.plans.unlink(path))
-
-    async def rmdir(self, path: Any) -> None:
-        await self._run(self.plans.rmdir(path))
-
-    async def rename(self, src: Any, dst: Any) -> None:
-        await self._run(self.plans.rename(src, dst))
-
-    async def open(self, path: Any, flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
-        return await self._run(self.plans.open(path, flags, mode))  # type: ignore[no-any-return]
-
-    async def close(self, fd: int) -> None:
-        await self._run(self.plans.close(fd))
-
-    async def read(self, fd: int, size: int) -> bytes:
-        return await self._run(self.plans.read(fd, size))  # type: ignore[no-any-return]
-
-    async def pread(self, fd: int, size: int, offset: int) -> bytes:
-        return await self._run(self.plans.pread(fd, size, offset))  # type: ignore[no-any-return]
-
-    async def readinto(self, fd: int, buffer: Any, offset: int | None = None) -> int:
-        return await self._run(self.plans.readinto(fd, buffer, offset))  # type: ignore[no-any-return]
-
-    async def write(self, fd: int, data: Any) -> int:
-        return await self._run(self.plans.write(fd, data))  # type: ignore[no-any-return]
-
-    async def pwrite(self, fd: int, data: Any, offset: int) -> int:
-        return await self._run(self.plans.pwrite(fd, data, offset))  # type: ignore[no-any-return]
-
-    async def fsync(self, fd: int) -> None:
-        await self._run(self.plans.fsync(fd))
+    stat = _awaited(Plans.stat)
+    listdir = _awaited(Plans.listdir)
+    mkdir = _awaited(Plans.mkdir)
+    unlink = _awaited(Plans.unlink)
+    rmdir = _awaited(Plans.rmdir)
+    rename = _awaited(Plans.rename)
+    open = _awaited(Plans.open)
+    close = _awaited(Plans.close)
+    read = _awaited(Plans.read)
+    pread = _awaited(Plans.pread)
+    readinto = _awaited(Plans.readinto)
+    write = _awaited(Plans.write)
+    pwrite = _awaited(Plans.pwrite)
+    fsync = _awaited(Plans.fsync)

@@ -22,6 +22,7 @@ from channel.protocol.errors import ChannelClosed
 from channel.protocol.limits import MAX_RESTORE_BATCH, XATTR_SIZE_MAX
 from channel.protocol.opcodes import DOT_ENTRIES, READDIR_DOTS, READDIR_PAGE, Op, readdir_page_ends
 from channel.transport.calls import AsyncCaller, Reply
+from fusefront import commands
 from fusefront.bodies import RESTORE_BODY_BYTES, forget_bodies
 from fusefront.cache import CacheMode
 from fusefront.guard import answer_every_request
@@ -106,7 +107,8 @@ class RingOperations(pyfuse3.Operations):
             lost += sum(1 for status in statuses if status != 0)
         handles = lost_handles = 0
         for fh, handle in list(self.nodes.handles.items()):
-            reply = await client.call(Op.RESTORE_HANDLE, [handle.flags], ino=handle.ino, fh=fh)
+            body = commands.open_flags(handle.flags)
+            reply = await client.call(Op.RESTORE_HANDLE, body, ino=handle.ino, fh=fh)
             if reply.status < 0:
                 lost_handles += 1
             else:
@@ -151,7 +153,8 @@ class RingOperations(pyfuse3.Operations):
 
     # -- names --------------------------------------------------------------------------
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> Any:
-        reply = await self._call(Op.LOOKUP, [name], ino=parent_inode, **_ctx_fields(ctx))
+        body = commands.named(name)
+        reply = await self._call(Op.LOOKUP, body, ino=parent_inode, **_ctx_fields(ctx))
         return self._entry(reply.body, parent_inode, name)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -202,27 +205,30 @@ class RingOperations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> Any:
-        reply = await self._call(Op.MKNOD, [name, mode, rdev], ino=parent_inode, **_ctx_fields(ctx))
+        body = commands.mknod(name, mode, rdev)
+        reply = await self._call(Op.MKNOD, body, ino=parent_inode, **_ctx_fields(ctx))
         return self._entry(reply.body, parent_inode, name)
 
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> Any:
-        reply = await self._call(Op.MKDIR, [name, mode], ino=parent_inode, **_ctx_fields(ctx))
+        body = commands.mkdir(name, mode)
+        reply = await self._call(Op.MKDIR, body, ino=parent_inode, **_ctx_fields(ctx))
         return self._entry(reply.body, parent_inode, name)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._call(Op.UNLINK, [name], ino=parent_inode, **_ctx_fields(ctx))
+        await self._call(Op.UNLINK, commands.named(name), ino=parent_inode, **_ctx_fields(ctx))
         self.nodes.removed(parent_inode, name)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._call(Op.RMDIR, [name], ino=parent_inode, **_ctx_fields(ctx))
+        await self._call(Op.RMDIR, commands.named(name), ino=parent_inode, **_ctx_fields(ctx))
         self.nodes.removed(parent_inode, name)
 
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> Any:
-        reply = await self._call(Op.SYMLINK, [name, target], ino=parent_inode, **_ctx_fields(ctx))
+        body = commands.symlink(name, target)
+        reply = await self._call(Op.SYMLINK, body, ino=parent_inode, **_ctx_fields(ctx))
         return self._entry(reply.body, parent_inode, name)
 
     async def rename(
@@ -234,12 +240,8 @@ class RingOperations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        await self._call(
-            Op.RENAME,
-            [name_old, parent_inode_new, name_new, flags],
-            ino=parent_inode_old,
-            **_ctx_fields(ctx),
-        )
+        body = commands.rename(name_old, parent_inode_new, name_new, flags)
+        await self._call(Op.RENAME, body, ino=parent_inode_old, **_ctx_fields(ctx))
         if flags & RENAME_EXCHANGE:
             self.nodes.exchanged(parent_inode_old, name_old, parent_inode_new, name_new)
         else:
@@ -248,23 +250,21 @@ class RingOperations(pyfuse3.Operations):
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> Any:
-        reply = await self._call(
-            Op.LINK, [new_parent_inode, new_name], ino=inode, **_ctx_fields(ctx)
-        )
+        body = commands.link(new_parent_inode, new_name)
+        reply = await self._call(Op.LINK, body, ino=inode, **_ctx_fields(ctx))
         return self._entry(reply.body, new_parent_inode, new_name)
 
     # -- files --------------------------------------------------------------------------
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> Any:
-        reply = await self._call(Op.OPEN, [flags], ino=inode, **_ctx_fields(ctx))
+        reply = await self._call(Op.OPEN, commands.open_flags(flags), ino=inode, **_ctx_fields(ctx))
         self.nodes.opened(reply.value, inode, flags)
         return self._file_info(reply.value, flags, self._unchanged(inode, reply.body))
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> Any:
-        reply = await self._call(
-            Op.CREATE, [name, mode, flags], ino=parent_inode, **_ctx_fields(ctx)
-        )
+        body = commands.create(name, mode, flags)
+        reply = await self._call(Op.CREATE, body, ino=parent_inode, **_ctx_fields(ctx))
         entry = self._entry(reply.body, parent_inode, name)
         self.nodes.opened(reply.value, entry.st_ino, flags)
         return self._file_info(reply.value, flags), entry
@@ -380,5 +380,5 @@ class RingOperations(pyfuse3.Operations):
         await self._call(Op.REMOVEXATTR, [name], ino=inode, **_ctx_fields(ctx))
 
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-        await self._call(Op.ACCESS, [mode], ino=inode, **_ctx_fields(ctx))
+        await self._call(Op.ACCESS, commands.access(mode), ino=inode, **_ctx_fields(ctx))
         return True

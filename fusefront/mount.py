@@ -15,8 +15,6 @@ import functools
 import logging
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -32,6 +30,7 @@ from channel.protocol import limits
 from channel.protocol.errors import HandshakeRefused
 from channel.protocol.layout import Geometry
 from channel.transport.calls import AsyncChannelClient
+from channel.transport.handshake_io import BUSY_LISTENER, listener_pid
 from channel.transport.shm_client import TrioClient
 from channel.transport.socket_client import SocketTrioClient
 from fusefront.control import ControlSocket
@@ -65,8 +64,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 server_log = logging.getLogger("ringfs.server")
-#: struct ucred, as SO_PEERCRED returns it: pid, uid, gid.
-PEERCRED = struct.Struct("3i")
 
 #: The driver channel: many FUSE requests in flight, each with a 1 MiB data buffer.
 DRIVER_GEOMETRY = Geometry(
@@ -93,27 +90,13 @@ def check_mountpoint(mountpoint: str) -> None:
         raise MountError(f"mount point {mountpoint} is not a directory")
 
 
-def listener_pid(path: str) -> int | None:
-    """The pid of the process accepting connections on the Unix socket `path`, or None."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
-            return None
-        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
-        pid: int = PEERCRED.unpack(creds)[0]
-        return pid
-
-
 def check_socket_free(path: str) -> None:
     """`up` starts its own server: refuse a socket path another live server answers on
     (say, one orphaned by an older ringfs), instead of mounting that one by mistake."""
     pid = listener_pid(path)
     if pid is not None:
-        raise MountError(
-            f"a server (pid {pid}) is already listening on {path}: stop it, or pick another "
-            "--socket"
-        )
+        who = "a busy server" if pid == BUSY_LISTENER else f"a server (pid {pid})"
+        raise MountError(f"{who} is already listening on {path}: stop it, or pick another --socket")
 
 
 def wait_for_socket(path: str, deadline: float, proc: subprocess.Popen[bytes] | None) -> None:
@@ -308,7 +291,10 @@ async def serve_mount(
             fuse_options = opts.fuse_options(mount_source(socket_path, supervisor))
             if opts.debug:
                 fuse_options.add("debug")
-            pyfuse3.init(ops, mountpoint, fuse_options)
+            try:
+                pyfuse3.init(ops, mountpoint, fuse_options)
+            except RuntimeError as exc:  # libfuse refused the mount: pyfuse3 says which call
+                raise MountError(f"cannot mount {mountpoint}: {exc}") from exc
             try:
                 if opts.writeback:
                     lift_for_writeback(mountpoint)
@@ -379,10 +365,6 @@ def run_driver(
             raise MountError(f"no server socket at {socket_path}") from exc
         except ConnectionRefusedError as exc:
             raise MountError(f"no server listening on {socket_path}") from exc
-        except RuntimeError as exc:
-            if "mount" in str(exc).lower() or "fuse" in str(exc).lower():
-                raise MountError(f"cannot mount {mountpoint}: {exc}") from exc
-            raise
     finally:
         if supervisor is not None:
             supervisor.stop()

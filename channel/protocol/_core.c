@@ -932,7 +932,8 @@ static PyObject *ServerCore_take(ServerCore *self, PyObject *unused)
         PyErr_Clear();
         return rejected(tag, -EPROTO);
     }
-    /* Constant-time token comparison (hmac.compare_digest's contract). */
+    /* Constant-time token comparison: the reference is channel.protocol.codec.token_matches
+       (hmac.compare_digest), which the pure side and the socket server call. */
     unsigned char diff = 1;
     if (self->token != NULL && PyBytes_Check(self->token) && PyBytes_GET_SIZE(self->token) == TOKEN_SIZE) {
         const unsigned char *mine = (const unsigned char *)PyBytes_AS_STRING(self->token);

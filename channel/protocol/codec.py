@@ -8,6 +8,7 @@ outside the slot or the region. The errno convention: a completion's status is 0
 
 from __future__ import annotations
 
+import hmac
 import struct
 import threading
 from typing import Any, NamedTuple
@@ -31,6 +32,13 @@ _pack_completion = COMPLETION_HEADER.pack_into
 TOKEN_SIZE = 16
 NO_BUFFER = -1
 NO_TOKEN = bytes(TOKEN_SIZE)
+
+
+def token_matches(presented: bytes, expected: bytes) -> bool:
+    """Does a command's token match its channel's? The one token check of both transports
+    (`channel.protocol.sides_pure.ServerSide.take`, `channel.transport.socket_server`), in
+    constant time; the compiled core (`_core.c`) reproduces it in C."""
+    return hmac.compare_digest(presented, expected)
 
 
 class Command(NamedTuple):

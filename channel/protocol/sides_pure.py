@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 from collections import deque
-from hmac import compare_digest
 from time import monotonic_ns
 
 from channel.protocol import layout
@@ -28,6 +27,7 @@ from channel.protocol.codec import (
     decode_completion,
     header_fields,
     peek_tag,
+    token_matches,
     write_command,
     write_completion,
 )
@@ -238,7 +238,7 @@ class ServerSide:
         sq.release()  # everything needed was copied out of the slot
         self.outstanding += 1
         stats[_SERVER_COMMANDS] += 1
-        if not compare_digest(command.token, self.token):
+        if not token_matches(command.token, self.token):
             stats[ServerStat.AUTH_FAILURES] += 1
             return Rejected(command.tag, -errno.EACCES)
         stats[_SERVER_BY_OPCODE + _opcode_counter(command.opcode)] += 1

@@ -19,10 +19,12 @@ import errno
 import logging
 import os
 import socket
+import stat
 import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import trio
 
@@ -66,26 +68,54 @@ def close_all(fds: Sequence[int]) -> None:
             os.close(fd)
 
 
-def read_secret(path: str | os.PathLike[str]) -> bytes:
+def read_secret(path: str | os.PathLike[str] | None) -> bytes | None:
     """The secret in `path`, as both `ringfs serve --secret-file` and `ringfs mount
-    --secret-file` read it (surrounding whitespace, such as a final newline, is not part)."""
+    --secret-file` read it (surrounding whitespace, such as a final newline, is not part);
+    None without a path."""
+    if not path:
+        return None
     with open(path, "rb") as f:
         return f.read().strip()
+
+
+def socket_path_problem(path: str) -> str | None:
+    """Why a listening socket cannot be created at `path`, or None: its directory must
+    exist, and nothing but a (stale) socket may be there already (a server replaces only a
+    socket file). Checked by the server and by `ringfs up` before it starts one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"directory {directory} does not exist"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode):
+        return "it exists and is not a socket"
+    return None
 
 
 # -- server side (trio) ----------------------------------------------------------------------
 
 
+#: struct ucred, as SO_PEERCRED returns it: pid, uid, gid.
+PEERCRED = struct.Struct("3i")
+
+
+def _ucred(sock: socket.socket | trio.socket.SocketType) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, from the kernel."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+    pid, uid, gid = PEERCRED.unpack(raw)
+    return pid, uid, gid
+
+
 def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int:
     """The connecting process's uid from the kernel (one getsockopt, nothing read)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", raw)[1])
+    return _ucred(sock)[1]
 
 
 def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> PeerCredentials:
     """The connecting process's identity from the kernel, with its supplementary groups."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
+    pid, uid, gid = _ucred(sock)
     return PeerCredentials(pid, uid, gid, supplementary_groups(pid))
 
 
@@ -216,17 +246,29 @@ def send_message(sock: socket.socket, payload: bytes, fds: Sequence[int] = ()) -
         sock.sendall(message[sent:])
 
 
-def someone_listens(path: str | os.PathLike[str]) -> bool:
-    """Does a process accept connections on the socket `path` (not a stale socket file)?"""
+#: `listener_pid` of a listener that is alive but whose queue is full: it cannot say who it is.
+BUSY_LISTENER = 0
+
+
+def listener_pid(path: str | os.PathLike[str]) -> int | None:
+    """The pid of the process accepting connections on the Unix socket `path`; None when
+    nobody does (no socket there, or a stale one); BUSY_LISTENER when one does but its queue
+    is full. The one way both the server (before it replaces a socket) and the driver (which
+    waits for its server) ask whether a server is there."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
         probe.settimeout(1.0)
         try:
             probe.connect(os.fspath(path))
         except (TimeoutError, BlockingIOError):
-            return True  # its queue is full: alive, only busy
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False
-        return True
+            return BUSY_LISTENER  # its queue is full: alive, only busy
+        except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError):
+            return None
+        return _ucred(probe)[0]
+
+
+def someone_listens(path: str | os.PathLike[str]) -> bool:
+    """Does a process accept connections on the socket `path` (not a stale socket file)?"""
+    return listener_pid(path) is not None
 
 
 def _connect_within(sock: socket.socket, path: str, deadline: float) -> None:
@@ -298,31 +340,69 @@ class ClientConnection:
         close_all((self.sq_efd, self.cq_efd))
 
 
-def connect(
-    socket_path: str | os.PathLike[str],
+class HelloOptions(TypedDict, total=False):
+    """What a client may ask for at handshake, over either transport: the keywords of every
+    client's `connect`/`open`, declared once (their defaults are `_hello`'s)."""
+
+    role: str
+    secret: bytes | None
+    on_behalf_of: PeerCredentials | None
+    timeout: float
+    readonly: bool
+
+
+class ShmHelloOptions(HelloOptions, total=False):
+    """A shared-memory client's `HelloOptions`, and the geometry of the region it creates."""
+
+    geometry: Geometry | None
+
+
+def _hello(
+    transport: str,
     *,
-    role: str = "app",
     geometry: Geometry | None = None,
+    role: str = "app",
     secret: bytes | None = None,
     on_behalf_of: PeerCredentials | None = None,
     timeout: float = limits.HANDSHAKE_TIMEOUT,
     readonly: bool = False,
+) -> tuple[bytes, float]:
+    """(the hello's payload, the handshake's timeout) for the client's options."""
+    hello = make_hello(
+        role,
+        geometry,
+        transport=transport,
+        secret=secret,
+        on_behalf_of=on_behalf_of,
+        readonly=readonly,
+    )
+    return hello, timeout
+
+
+def connect(
+    socket_path: str | os.PathLike[str], **options: Unpack[ShmHelloOptions]
 ) -> ClientConnection:
     """Create a region and its two eventfds and hand them to the server (blocking)."""
-    geometry = geometry or Geometry()
+    geometry = options["geometry"] = options.get("geometry") or Geometry()
     region = Region.create(geometry)
     sq_efd = doorbell.make_eventfd()
     cq_efd = doorbell.make_eventfd()
     try:
-        hello = make_hello(
-            role, geometry, secret=secret, on_behalf_of=on_behalf_of, readonly=readonly
-        )
+        hello, timeout = _hello("shm", **options)
         sock, accept = exchange(socket_path, hello, (region.fd, sq_efd, cq_efd), timeout)
     except BaseException:
         region.close()
         close_all((sq_efd, cq_efd))
         raise
     return ClientConnection(sock, accept, region, sq_efd, cq_efd)
+
+
+def connect_socket(
+    socket_path: str | os.PathLike[str], **options: Unpack[HelloOptions]
+) -> tuple[socket.socket, Accept]:
+    """The handshake of a socket-transport client: no region, no descriptors (blocking)."""
+    hello, timeout = _hello("socket", **options)
+    return exchange(socket_path, hello, (), timeout)
 
 
 def forward(

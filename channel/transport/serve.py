@@ -51,7 +51,7 @@ from channel.transport.handshake_io import (
     refuse,
     send_frame,
 )
-from channel.transport.server_api import Handler, ServedChannel
+from channel.transport.server_api import Handler, Identity, ServedChannel
 from channel.transport.shm_server import Poller, ServerChannel
 from channel.transport.socket_server import SocketServerChannel
 
@@ -117,6 +117,7 @@ async def accept_channel(
             creds = hello.on_behalf_of
         release = admit(creds, hello)
         token = secrets.token_bytes(TOKEN_SIZE)
+        who = Identity(token, creds, peer, hello.role)
         channel: ServerChannel | SocketServerChannel
         if hello.transport == "shm":
             assert hello.geometry is not None
@@ -127,22 +128,9 @@ async def accept_channel(
                 raise ProtocolError(f"cannot map the region: {exc}") from None
             os.set_blocking(sq_efd, False)
             os.set_blocking(cq_efd, False)
-            channel = ServerChannel(
-                raw,
-                region,
-                sq_efd,
-                cq_efd,
-                token=token,
-                creds=creds,
-                peer=peer,
-                role=hello.role,
-                channel_id=0,
-                idle_spin=idle_spin,
-            )
+            channel = ServerChannel(raw, region, sq_efd, cq_efd, who, idle_spin=idle_spin)
         else:
-            channel = SocketServerChannel(
-                raw, token=token, creds=creds, peer=peer, role=hello.role, channel_id=0
-            )
+            channel = SocketServerChannel(raw, who)
         channel.readonly = hello.readonly
         channel.on_close.append(release)
     except (ProtocolError, Refusal) as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from channel.protocol.codec import Command
 from channel.protocol.handshake import PeerCredentials
@@ -50,26 +50,31 @@ class ServedChannel(Protocol):
     def close(self) -> None: ...
 
 
+class Identity(NamedTuple):
+    """Who a channel serves, as the handshake established it (`channel.transport.serve`
+    builds it once, whichever transport the hello asks for)."""
+
+    token: bytes
+    #: The effective identity: the forwarded one when a trusted driver sent on_behalf_of.
+    creds: PeerCredentials
+    #: The kernel's word on who holds the socket (the driver, for a forwarded channel).
+    peer: PeerCredentials
+    role: str
+    channel_id: int = 0
+
+
 class ChannelIdentity:
     """The fields every server channel carries, over either transport: who is on it (as the
     handshake established), its number, its mount's read-only flag, and its end."""
 
-    def __init__(
-        self,
-        *,
-        token: bytes,
-        creds: PeerCredentials,
-        peer: PeerCredentials,
-        role: str,
-        channel_id: int,
-    ) -> None:
-        self.token = token
+    def __init__(self, who: Identity) -> None:
+        self.token = who.token
         #: The effective identity: the forwarded one when a trusted driver sent on_behalf_of.
-        self.creds = creds
+        self.creds = who.creds
         #: The kernel's word on who holds the socket (the driver, for a forwarded channel).
-        self.peer = peer
-        self.role = role
-        self.channel_id = channel_id
+        self.peer = who.peer
+        self.role = who.role
+        self.channel_id = who.channel_id
         #: The channel belongs to a read-only mount: the server refuses every change (EROFS).
         self.readonly = False
         self.closed = False

@@ -19,27 +19,27 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Self
+from typing import Self, Unpack
 
 import trio
 
 from channel.protocol import limits
 from channel.protocol.codec import NO_BUFFER, Completion, HeaderFields, max_command_body
 from channel.protocol.errors import ChannelClosed
-from channel.protocol.handshake import PeerCredentials
-from channel.protocol.layout import ClientStat, Geometry
+from channel.protocol.layout import ClientStat
 from channel.protocol.sides import ClientSide
 from channel.transport import doorbell, handshake_io
 from channel.transport.calls import (
     AsyncCalls,
+    AsyncEnd,
     BlockingCalls,
     Buffer,
     Reply,
+    Request,
     Waiter,
-    background,
     make_reply,
 )
-from channel.transport.handshake_io import ClientConnection
+from channel.transport.handshake_io import ClientConnection, ShmHelloOptions
 from channel.transport.regions import release_views
 
 
@@ -132,33 +132,15 @@ class BlockingClient(_Endpoint, BlockingCalls):
         cls,
         socket_path: str | os.PathLike[str],
         *,
-        role: str = "app",
-        geometry: Geometry | None = None,
-        secret: bytes | None = None,
         idle_spin: float = limits.DEFAULT_IDLE_SPIN,
-        on_behalf_of: PeerCredentials | None = None,
-        timeout: float = limits.HANDSHAKE_TIMEOUT,
+        **options: Unpack[ShmHelloOptions],
     ) -> BlockingClient:
-        conn = handshake_io.connect(
-            socket_path,
-            role=role,
-            geometry=geometry,
-            secret=secret,
-            on_behalf_of=on_behalf_of,
-            timeout=timeout,
-        )
-        return cls(conn, idle_spin=idle_spin)
+        """Handshake (see `handshake_io.HelloOptions` for the options) and wrap the channel."""
+        return cls(handshake_io.connect(socket_path, **options), idle_spin=idle_spin)
 
-    def _call(
-        self,
-        opcode: int,
-        packed: bytes,
-        data: Buffer | None,
-        read_size: int,
-        dest: memoryview | None,
-        need_buf: bool,
-        fields: HeaderFields,
-    ) -> Reply:
+    def _call(self, request: Request) -> Reply:
+        # The socket client's _call has this shape too: its I/O (frames, not a ring) differs.
+        opcode, packed, data, read_size, dest, need_buf, fields = request
         with self._lock:
             if self.closed:
                 raise ChannelClosed("the channel is closed")
@@ -244,7 +226,7 @@ async def _acquire(semaphore: trio.Semaphore) -> None:
         await semaphore.acquire()
 
 
-class TrioClient(_Endpoint, AsyncCalls):
+class TrioClient(_Endpoint, AsyncEnd[_Waiter], AsyncCalls):
     """A trio shared-memory client: many tasks may `await call(...)` at once; completions
     are matched by tag by a reaper task in the client's own nursery. Use it only as
     `async with TrioClient.open(path) as client:`. Back-pressure: a call waits (never
@@ -253,17 +235,16 @@ class TrioClient(_Endpoint, AsyncCalls):
     def __init__(
         self, conn: ClientConnection, *, idle_spin: float = limits.DEFAULT_IDLE_SPIN
     ) -> None:
-        super().__init__(conn, idle_spin)
+        _Endpoint.__init__(self, conn, idle_spin)
+        AsyncEnd.__init__(self)
         g = conn.region.geometry
         # At most min(sq, cq) in flight: the CQ always has room for every completion and the
         # SQ can never be full when a permit is held.
         self.max_in_flight = min(g.sq_entries, g.cq_entries)
         self._slots = trio.Semaphore(self.max_in_flight)
         self._buffer_permits = trio.Semaphore(g.buf_count)
-        self._waiters: dict[int, _Waiter] = {}
         self._work = trio.Event()
         self._tsock = trio.socket.from_stdlib_socket(conn.sock)
-        self._closed_event = trio.Event()
 
     @classmethod
     @asynccontextmanager
@@ -271,48 +252,26 @@ class TrioClient(_Endpoint, AsyncCalls):
         cls,
         socket_path: str | os.PathLike[str],
         *,
-        role: str = "app",
-        geometry: Geometry | None = None,
-        secret: bytes | None = None,
         idle_spin: float = limits.DEFAULT_IDLE_SPIN,
-        on_behalf_of: PeerCredentials | None = None,
-        timeout: float = limits.HANDSHAKE_TIMEOUT,
-        readonly: bool = False,
+        **options: Unpack[ShmHelloOptions],
     ) -> AsyncIterator[TrioClient]:
         """Handshake (in a worker thread: it is a short blocking exchange), then run the
         reaper and the peer watcher until the block exits."""
 
         def connect() -> ClientConnection:
-            return handshake_io.connect(
-                socket_path,
-                role=role,
-                geometry=geometry,
-                secret=secret,
-                on_behalf_of=on_behalf_of,
-                timeout=timeout,
-                readonly=readonly,
-            )
+            return handshake_io.connect(socket_path, **options)
 
         conn = await trio.to_thread.run_sync(connect)
         client = cls(conn, idle_spin=idle_spin)
-        try:
-            async with background(client._reaper, client._watch_peer):
-                yield client
-        finally:
-            client._fail(ChannelClosed("the client was closed"))
-            release_views(client.side)
-            conn.close()
+        async with client._running(client._reaper, client._watch_peer):
+            yield client
 
-    async def _call(
-        self,
-        opcode: int,
-        packed: bytes,
-        data: Buffer | None,
-        read_size: int,
-        dest: memoryview | None,
-        need_buf: bool,
-        fields: HeaderFields,
-    ) -> Reply:
+    def _hang_up(self) -> None:
+        release_views(self.side)
+        self._conn.close()
+
+    async def _call(self, request: Request) -> Reply:
+        opcode, packed, data, read_size, dest, need_buf, fields = request
         self._check_open()
         if need_buf:
             await _acquire(self._buffer_permits)
@@ -382,25 +341,17 @@ class TrioClient(_Endpoint, AsyncCalls):
             self._finish(waiter)
             waiter.event.set()
 
-    async def wait_closed(self) -> None:
-        """Return once the channel is over (the server went away, or the client closed)."""
-        await self._closed_event.wait()
-
     async def _watch_peer(self) -> None:
         with suppress(OSError, trio.ClosedResourceError):
             await self._tsock.recv(1)
         self._fail(ChannelClosed("the server closed the channel"))
 
     def _fail(self, error: BaseException) -> None:
-        """Fail every waiter and every future call. Their buffers are not reused: the
-        channel is over, and a server might still be writing into them."""
-        self.closed = True
-        self._closed_event.set()
-        waiters = list(self._waiters.values())
-        self._waiters.clear()
-        for waiter in waiters:
-            waiter.error = error
-            waiter.buf = NO_BUFFER
-            self._finish(waiter)  # frees callers blocked on a permit; they see `closed`
-            waiter.event.set()
+        super()._fail(error)
         self._work.set()
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        # Its buffer is not reused: the channel is over, and a server might still be
+        # writing into it. Its permits free callers blocked on one; they see `closed`.
+        waiter.buf = NO_BUFFER
+        self._finish(waiter)

@@ -26,12 +26,16 @@ import trio
 from channel.protocol import limits
 from channel.protocol.codec import NO_BUFFER, Command
 from channel.protocol.errors import ProtocolError
-from channel.protocol.handshake import PeerCredentials
 from channel.protocol.layout import Region, ServerStat
 from channel.protocol.sides import Rejected, ServerSide
 from channel.transport import doorbell
 from channel.transport.regions import release_views
-from channel.transport.server_api import ChannelIdentity, run_close_callbacks, serve_command
+from channel.transport.server_api import (
+    ChannelIdentity,
+    Identity,
+    run_close_callbacks,
+    serve_command,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +57,17 @@ class ServerChannel(ChannelIdentity):
         region: Region,
         sq_efd: int,
         cq_efd: int,
+        who: Identity,
         *,
-        token: bytes,
-        creds: PeerCredentials,
-        peer: PeerCredentials,
-        role: str,
-        channel_id: int,
         idle_spin: float = limits.DEFAULT_IDLE_SPIN,
     ) -> None:
-        super().__init__(token=token, creds=creds, peer=peer, role=role, channel_id=channel_id)
+        super().__init__(who)
         self.sock = sock
         self.region = region
         self.sq_efd = sq_efd
         self.cq_efd = cq_efd
         self.idle_spin = idle_spin
-        self.side = ServerSide(region, token)
+        self.side = ServerSide(region, who.token)
         self._buffers = self.side.buffers
         self._buf_size = region.geometry.buf_size
         #: tag -> data buffer of commands handed out, so completions can echo it

@@ -14,12 +14,12 @@ import socket
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Self
+from typing import Self, Unpack
 
 import trio
 
 from channel.protocol import handshake, limits
-from channel.protocol.codec import Completion, HeaderFields
+from channel.protocol.codec import Completion
 from channel.protocol.errors import ChannelClosed, ProtocolError
 from channel.protocol.frames import (
     BUF_SIZE,
@@ -29,17 +29,16 @@ from channel.protocol.frames import (
     decode_completion_frame,
     encode_command_frame,
 )
-from channel.protocol.handshake import PeerCredentials
-from channel.transport import handshake_io
 from channel.transport.calls import (
     AsyncCalls,
+    AsyncEnd,
     BlockingCalls,
-    Buffer,
     Reply,
+    Request,
     Waiter,
-    background,
     make_reply,
 )
+from channel.transport.handshake_io import HelloOptions, connect_socket
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +53,6 @@ def _reply_data(
     if read_size <= 0:
         return None
     return bytes(data[:read_size])
-
-
-def _connect(
-    socket_path: str | os.PathLike[str],
-    role: str,
-    secret: bytes | None,
-    on_behalf_of: PeerCredentials | None,
-    timeout: float,
-    readonly: bool = False,
-) -> tuple[socket.socket, handshake.Accept]:
-    hello = handshake.make_hello(
-        role, transport="socket", secret=secret, on_behalf_of=on_behalf_of, readonly=readonly
-    )
-    return handshake_io.exchange(socket_path, hello, (), timeout)
 
 
 class SocketBlockingClient(BlockingCalls):
@@ -88,26 +73,13 @@ class SocketBlockingClient(BlockingCalls):
 
     @classmethod
     def connect(
-        cls,
-        socket_path: str | os.PathLike[str],
-        *,
-        role: str = "app",
-        secret: bytes | None = None,
-        on_behalf_of: PeerCredentials | None = None,
-        timeout: float = limits.HANDSHAKE_TIMEOUT,
+        cls, socket_path: str | os.PathLike[str], **options: Unpack[HelloOptions]
     ) -> SocketBlockingClient:
-        return cls(*_connect(socket_path, role, secret, on_behalf_of, timeout))
+        """Handshake (see `handshake_io.HelloOptions` for the options) and wrap the channel."""
+        return cls(*connect_socket(socket_path, **options))
 
-    def _call(
-        self,
-        opcode: int,
-        packed: bytes,
-        data: Buffer | None,
-        read_size: int,
-        dest: memoryview | None,
-        need_buf: bool,
-        fields: HeaderFields,
-    ) -> Reply:
+    def _call(self, request: Request) -> Reply:
+        opcode, packed, data, read_size, dest, need_buf, fields = request
         with self._lock:
             if self.closed:
                 raise ChannelClosed("the channel is closed")
@@ -148,62 +120,43 @@ class SocketBlockingClient(BlockingCalls):
         self.close()
 
 
-class SocketTrioClient(AsyncCalls):
+class SocketTrioClient(AsyncEnd[Waiter], AsyncCalls):
     """`TrioClient`'s API over the socket alone: `async with SocketTrioClient.open(path)`."""
 
     buf_size = BUF_SIZE
     max_body = MAX_BODY
 
     def __init__(self, sock: socket.socket, accept: handshake.Accept) -> None:
+        super().__init__()
         self.sock = trio.socket.from_stdlib_socket(sock)
         self.channel_id = accept.channel_id
         self.token = accept.token
         self.server_pid = accept.server_pid
-        self.closed = False
         self.max_in_flight = limits.MAX_RING_ENTRIES
         self._slots = trio.Semaphore(self.max_in_flight)
         self._send_lock = trio.Lock()
-        self._waiters: dict[int, Waiter] = {}
         self._next_tag = 1
-        self._closed_event = trio.Event()
-
-    async def wait_closed(self) -> None:
-        """Return once the channel is over (the server went away, or the client closed)."""
-        await self._closed_event.wait()
 
     @classmethod
     @asynccontextmanager
     async def open(
         cls,
         socket_path: str | os.PathLike[str],
-        *,
-        role: str = "app",
-        secret: bytes | None = None,
-        on_behalf_of: PeerCredentials | None = None,
-        timeout: float = limits.HANDSHAKE_TIMEOUT,
-        readonly: bool = False,
+        **options: Unpack[HelloOptions],
     ) -> AsyncIterator[SocketTrioClient]:
-        sock, accept = await trio.to_thread.run_sync(
-            _connect, socket_path, role, secret, on_behalf_of, timeout, readonly
-        )
-        client = cls(sock, accept)
-        try:
-            async with background(client._read_loop):
-                yield client
-        finally:
-            client._fail(ChannelClosed("the client was closed"))
-            client.sock.close()
+        def connect() -> tuple[socket.socket, handshake.Accept]:
+            return connect_socket(socket_path, **options)
 
-    async def _call(
-        self,
-        opcode: int,
-        packed: bytes,
-        data: Buffer | None,
-        read_size: int,
-        dest: memoryview | None,
-        need_buf: bool,
-        fields: HeaderFields,
-    ) -> Reply:
+        sock, accept = await trio.to_thread.run_sync(connect)
+        client = cls(sock, accept)
+        async with client._running(client._read_loop):
+            yield client
+
+    def _hang_up(self) -> None:
+        self.sock.close()
+
+    async def _call(self, request: Request) -> Reply:
+        opcode, packed, data, read_size, dest, need_buf, fields = request
         if self.closed:
             raise ChannelClosed("the channel is closed")
         async with self._slots:
@@ -252,13 +205,3 @@ class SocketTrioClient(AsyncCalls):
         except (OSError, ProtocolError, trio.ClosedResourceError):
             pass
         self._fail(ChannelClosed("the server closed the channel"))
-
-    def _fail(self, error: BaseException) -> None:
-        self.closed = True
-        self._closed_event.set()
-        waiters = list(self._waiters.values())
-        self._waiters.clear()
-        for waiter in waiters:
-            if not waiter.event.is_set():
-                waiter.error = error
-                waiter.event.set()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hmac
 import logging
 import os
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from channel.protocol.codec import (
     Command,
     decode_command,
     peek_tag,
+    token_matches,
 )
 from channel.protocol.errors import ProtocolError
 from channel.protocol.frames import (
@@ -27,8 +27,13 @@ from channel.protocol.frames import (
     RECV_SIZE,
     FrameReader,
 )
-from channel.protocol.handshake import LENGTH, PeerCredentials
-from channel.transport.server_api import ChannelIdentity, run_close_callbacks, serve_command
+from channel.protocol.handshake import LENGTH
+from channel.transport.server_api import (
+    ChannelIdentity,
+    Identity,
+    run_close_callbacks,
+    serve_command,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +44,8 @@ class SocketServerChannel(ChannelIdentity):
     """The server's side of a socket-transport channel: `ServerChannel`'s interface for the
     operations layer, plus `run(handler)`, which reads frames until the peer hangs up."""
 
-    def __init__(
-        self,
-        sock: trio.socket.SocketType,
-        *,
-        token: bytes,
-        creds: PeerCredentials,
-        peer: PeerCredentials,
-        role: str,
-        channel_id: int,
-    ) -> None:
-        super().__init__(token=token, creds=creds, peer=peer, role=role, channel_id=channel_id)
+    def __init__(self, sock: trio.socket.SocketType, who: Identity) -> None:
+        super().__init__(who)
         self.sock = sock
         self.commands = 0
         self.protocol_errors = 0
@@ -153,7 +149,7 @@ class SocketServerChannel(ChannelIdentity):
             self.protocol_errors += 1
             self.complete(peek_tag(frame), -errno.EPROTO)
             return
-        if not hmac.compare_digest(cmd.token, self.token):
+        if not token_matches(cmd.token, self.token):
             self.auth_failures += 1
             self.complete(cmd.tag, -errno.EACCES)
             return

@@ -55,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "passes_arguments_through", False):
+        args.server_args = rest  # `serve`: the server parses them (fusefront.cli.serve)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")  # as parse_args says it
     try:
         logs.configure(args, background=False)
         result: int = args.run(args)

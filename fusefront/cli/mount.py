@@ -100,11 +100,9 @@ def mount_main(
 
 
 def run(args: argparse.Namespace) -> int:
-    secret = None
-    if args.secret_file:
-        try:
-            secret = read_secret(args.secret_file)
-        except OSError as exc:
-            print(f"ringfs: cannot read the secret file: {exc}", file=sys.stderr)
-            return 2
+    try:
+        secret = read_secret(args.secret_file)
+    except OSError as exc:
+        print(f"ringfs: cannot read the secret file: {exc}", file=sys.stderr)
+        return 2
     return mount_main(args, socket_path=args.socket, export=None, secret=secret)

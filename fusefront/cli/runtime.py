@@ -12,6 +12,7 @@ import hashlib
 import os
 import stat
 
+from channel.transport.handshake_io import socket_path_problem
 from fusefront.mountinfo import MountError
 
 
@@ -57,14 +58,7 @@ def default_log(mountpoint: str) -> str:
 
 
 def check_socket_path(path: str) -> None:
-    """A socket to create at `path`: its directory must exist, and nothing but a (stale)
-    socket may be there already (the server replaces only a socket file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise MountError(f"cannot create socket {path}: directory {directory} does not exist")
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise MountError(f"cannot create socket {path}: it exists and is not a socket")
+    """A socket `up`'s server will create at `path` (see `socket_path_problem`)."""
+    problem = socket_path_problem(path)
+    if problem is not None:
+        raise MountError(f"cannot create socket {path}: {problem}")

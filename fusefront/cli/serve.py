@@ -1,7 +1,8 @@
 """`ringfs serve EXPORT --socket PATH`: run the file-system server in the foreground.
 
-fusefront never imports backend_server: this execs `python -m backend_server` with the same
-arguments.
+fusefront never imports backend_server: this execs `python -m backend_server` with the
+arguments as given. The server declares its options once (`backend_server.__main__`), so
+`ringfs serve --help` is its help, and the options are checked there.
 """
 
 from __future__ import annotations
@@ -11,32 +12,16 @@ import os
 import sys
 from typing import Any
 
-from fusefront.cli.logs import add_log_arguments
-from fusefront.cli.runtime import check_socket_path
-
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "serve", help="serve EXPORT on a Unix socket (foreground)"
+        "serve",
+        help="serve EXPORT on a Unix socket (foreground; `ringfs serve --help` for its options)",
+        add_help=False,  # --help is the server's
     )
-    p.add_argument("export", help="directory to export")
-    p.add_argument("--socket", required=True, help="Unix socket to listen on (mode 0600)")
-    p.add_argument("--allow-uid", type=int, action="append", default=[], metavar="UID")
-    p.add_argument("--allow-gid", type=int, action="append", default=[], metavar="GID")
-    p.add_argument("--secret-file", help="a secret every client must present at handshake")
-    p.add_argument("--debug", action="store_true", help="log every command")
-    add_log_arguments(p)
-    p.set_defaults(run=run)
+    # `fusefront.cli.main` hands every argument after `serve` to `run` as `server_args`.
+    p.set_defaults(run=run, server_args=[], passes_arguments_through=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_socket_path(args.socket)
-    argv = [sys.executable, "-m", "backend_server", args.export, "--socket", args.socket]
-    argv += [f"--log-{k}={v}" for k, v in (("file", args.log_file), ("level", args.log_level)) if v]
-    argv += [f"--allow-uid={uid}" for uid in args.allow_uid]
-    argv += [f"--allow-gid={gid}" for gid in args.allow_gid]
-    if args.secret_file:
-        argv += ["--secret-file", args.secret_file]
-    if args.debug:
-        argv.append("--debug")
-    os.execv(sys.executable, argv)
+    os.execv(sys.executable, [sys.executable, "-m", "backend_server", *args.server_args])

@@ -8,13 +8,10 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
-import shutil
 import stat
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -22,51 +19,24 @@ import trio
 from channel.protocol.opcodes import Op
 from fusefront.direct import AsyncDirectClient, DirectClient
 from tests.support.mounting import Mount, ringfs, ringfs_mount
-
-NOBODY = 65534
+from tests.support.users import NOBODY, as_user
+from tests.support.worlds import temporary_world
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[Path]:
     """A base directory every user can reach (tmp_path's parents are root's alone)."""
-    base = Path(tempfile.mkdtemp(prefix="ringfs-direct-", dir="/tmp"))
-    base.chmod(0o755)
-    try:
+    with temporary_world("ringfs-direct-", "/tmp") as base:
         yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
+# Not test_limits' mount: this one caches (cache=auto) and starts empty.
 @pytest.fixture
 def mount(world: Path) -> Iterator[Mount]:
     # allow_other: other users' processes may use the mount (and so find its control socket)
     with ringfs_mount(world, "cache=auto,allow_other") as m:
         m.export.chmod(0o777)
         yield m
-
-
-def _as_user(uid: int, work: Callable[[], Any]) -> Any:
-    """Run `work` in a child that became `uid` first; its result, or the exception raised."""
-    ctx = multiprocessing.get_context("fork")
-    parent, child = ctx.Pipe()
-
-    def run() -> None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-        try:
-            child.send(("ok", work()))
-        except BaseException as exc:  # sent back to the test to assert on
-            child.send(("raised", exc))
-
-    proc = ctx.Process(target=run)
-    proc.start()
-    child.close()
-    kind, value = parent.recv()
-    proc.join(30)
-    if kind == "raised":
-        raise value
-    return value
 
 
 def test_discovery_from_the_mount_point_and_the_whole_flow(mount: Mount) -> None:
@@ -138,13 +108,13 @@ def test_the_server_acts_as_the_application(mount: Mount) -> None:
                 return errno.errorcode[exc.errno or 0]
             return "opened"
 
-    assert _as_user(NOBODY, nobody_reads) == "EACCES"
+    assert as_user(nobody_reads) == "EACCES"
 
     def nobody_creates() -> None:
         with DirectClient.connect(mount.path) as fs:
             fs.close(fs.open("mine", os.O_CREAT | os.O_WRONLY, 0o644))
 
-    _as_user(NOBODY, nobody_creates)
+    as_user(nobody_creates)
     assert (mount.export / "mine").stat().st_uid == NOBODY
 
 

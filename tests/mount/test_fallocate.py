@@ -33,6 +33,7 @@ from backend_server import syscalls
 from channel.protocol.opcodes import Op
 from tests.support.mounting import Mount, ringfs_mount
 from tests.support.server_harness import ServerProcess
+from tests.support.worlds import temporary_world
 
 KEEP_SIZE = 0x01
 PUNCH_HOLE = 0x02
@@ -110,12 +111,8 @@ def test_every_mode_through_the_server_matches_the_export(server: ServerProcess)
 
 @pytest.fixture(scope="module")
 def mount() -> Iterator[Mount]:
-    base = Path(tempfile.mkdtemp(prefix="ringfs-falloc-mnt-"))
-    try:
-        with ringfs_mount(base) as m:
-            yield m
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with temporary_world("ringfs-falloc-mnt-") as base, ringfs_mount(base) as m:
+        yield m
 
 
 def test_fallocate_through_a_mount_fails_cleanly(mount: Mount) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,18 +17,15 @@ import pytest
 
 from channel.protocol.limits import NAME_MAX, PATH_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX
 from tests.support.mounting import Mount, ringfs_mount
+from tests.support.worlds import temporary_world
 
 LONGEST_FUSE_NAME = PATH_MAX - 1
 
 
 @pytest.fixture(scope="module")
 def mount() -> Iterator[Mount]:
-    base = Path(tempfile.mkdtemp(prefix="ringfs-large-"))
-    try:
-        with ringfs_mount(base) as m:
-            yield m
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with temporary_world("ringfs-large-") as base, ringfs_mount(base) as m:
+        yield m
 
 
 def _errno(call: object) -> int:

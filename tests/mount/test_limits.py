@@ -15,10 +15,8 @@ import errno
 import json
 import os
 import resource
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -35,7 +33,8 @@ from channel.transport.shm_client import BlockingClient
 from fusefront.direct import DirectClient
 from tests.support.hostile_users import NOBODY, AsUser, answers, idle_connections
 from tests.support.mounting import Mount, ringfs_mount
-from tests.support.server_harness import ServerProcess
+from tests.support.server_harness import ServerProcess, temporary_server
+from tests.support.worlds import temporary_world
 
 #: What "still works" means under attack on this shared 2-core machine: a cat or a new
 #: channel's first calls take milliseconds quiet; a starved one would take seconds or fail.
@@ -48,12 +47,8 @@ CONTENT = b"root's data\n"
 @pytest.fixture
 def world() -> Iterator[Path]:
     """A base directory every user can reach (tmp_path's parents are root's alone)."""
-    base = Path(tempfile.mkdtemp(prefix="ringfs-limits-", dir="/tmp"))
-    base.chmod(0o755)
-    try:
+    with temporary_world("ringfs-limits-", "/tmp") as base:
         yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -260,13 +255,8 @@ def test_the_server_keeps_descriptors_for_the_mount(mount: Mount) -> None:
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     export = tmp_path / "export"
     export.mkdir()
-    sockdir = Path(tempfile.mkdtemp(prefix="ringfs-limits-"))
-    sockdir.chmod(0o755)
-    try:
-        with ServerProcess(export, sockdir / "sock") as srv:
-            yield srv
-    finally:
-        shutil.rmtree(sockdir, ignore_errors=True)
+    with temporary_server("ringfs-limits-", export) as srv:
+        yield srv
 
 
 def test_the_whole_server_handshake_has_a_deadline_the_wait_for_a_slot_included(

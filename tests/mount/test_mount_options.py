@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 
 from fusefront.options import MAX_ID, MountOptions, OptionError
 from tests.support.mounting import ringfs, ringfs_mount
+from tests.support.worlds import temporary_world
 
 NOBODY = 65534
 
@@ -101,12 +100,8 @@ def test_fsname_defaults_to_the_source_and_is_escaped_for_libfuse() -> None:
 @pytest.fixture
 def world() -> Iterator[Path]:
     """A base directory other users can cross (pytest's tmp_path sits in a 0700 one)."""
-    base = Path(tempfile.mkdtemp(prefix="ringfs-options-"))
-    base.chmod(0o755)
-    try:
+    with temporary_world("ringfs-options-") as base:
         yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_uid_gid_umask_change_only_what_stat_shows(world: Path) -> None:

@@ -13,7 +13,6 @@ import shutil
 import sqlite3
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 
 from fusefront.dirty_limits import WRITEBACK_MAX_RATIO, bdi_of
 from tests.support.mounting import Mount, ringfs_mount
+from tests.support.worlds import temporary_world
 
 NOBODY = 65534
 
@@ -28,14 +28,12 @@ NOBODY = 65534
 @pytest.fixture(scope="module")
 def mount() -> Iterator[Mount]:
     # Not under pytest's tmp_path: that sits in a 0700 directory other users cannot cross.
-    base = Path(tempfile.mkdtemp(prefix="ringfs-posix-"))
-    base.chmod(0o755)
-    try:
-        with ringfs_mount(base, "allow_other,default_permissions") as m:
-            m.path.chmod(0o777)
-            yield m
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with (
+        temporary_world("ringfs-posix-") as base,
+        ringfs_mount(base, "allow_other,default_permissions") as m,
+    ):
+        m.path.chmod(0o777)
+        yield m
 
 
 @pytest.fixture

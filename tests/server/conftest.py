@@ -10,35 +10,22 @@ from pathlib import Path
 import pytest
 
 from channel.transport.shm_client import BlockingClient
-from tests.support.server_fs import FS, world_dir
-from tests.support.server_harness import ServerProcess
+from tests.support.server_fs import FS
+from tests.support.server_harness import ServerProcess, temporary_server
 
 
 # -- fixtures -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    base = world_dir("ringfs-ops-")
-    export = base / "export"
-    export.mkdir(mode=0o755)
-    export.chmod(0o755)
-    try:
-        with ServerProcess(export, base / "sock") as srv:
-            yield srv
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with temporary_server("ringfs-ops-") as srv:
+        yield srv
 
 
 @pytest.fixture
 def fresh_server() -> Iterator[ServerProcess]:
     """A server of its own, for tests that count the server's descriptors."""
-    base = world_dir("ringfs-fresh-")
-    export = base / "export"
-    export.mkdir(mode=0o755)
-    try:
-        with ServerProcess(export, base / "sock") as srv:
-            yield srv
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with temporary_server("ringfs-fresh-") as srv:
+        yield srv
 
 
 @pytest.fixture

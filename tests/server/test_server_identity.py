@@ -22,6 +22,7 @@ from tests.support.server_fs import (
     NOBODY,
     A,
     entry_ino,
+    run_workers,
     world_dir,
 )
 from tests.support.server_harness import ServerProcess, UserClient
@@ -254,7 +255,6 @@ def test_identities_stay_apart_under_concurrency(server: ServerProcess) -> None:
     """Root and uid 65534 callers interleaved on one driver channel and on several, with
     inline operations (lookups) and worker-thread ones (READDIR of a big directory) in flight
     together: every answer must be the one its own caller deserves."""
-    import threading
 
     base = server.export / f"iso-{time.monotonic_ns()}"
     base.mkdir()
@@ -295,11 +295,7 @@ def test_identities_stay_apart_under_concurrency(server: ServerProcess) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    run_workers(worker, 6)
     assert not errors, errors[0]
     for path in base.glob("c*"):
         index, step = (int(x) for x in path.name[1:].split("-"))

@@ -15,6 +15,7 @@ from tests.support.server_fs import (
     RENAME_NOREPLACE,
     A,
     entry_ino,
+    run_workers,
 )
 from tests.support.server_harness import ServerProcess, UserClient, wait_until
 
@@ -103,7 +104,6 @@ def test_concurrent_clients_mixed_operations(server: ServerProcess) -> None:
     """8 client threads, each with its own channel, 1,000 mixed operations each, verifying
     every byte read back against what that thread wrote."""
     import random
-    import threading
 
     base = server.export / f"conc-{time.monotonic_ns()}"
     base.mkdir(mode=0o777)
@@ -180,13 +180,8 @@ def test_concurrent_clients_mixed_operations(server: ServerProcess) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    run_workers(worker, 8)
     assert not errors, errors[0]
-    assert all(not t.is_alive() for t in threads)
 
 
 def test_server_socket_survives_garbage(server: ServerProcess) -> None:

@@ -1,17 +1,21 @@
 """Helpers for driving the server's operations through a blocking client, shared by the
 tests of tests/server/: `FS` (one method per operation, each returning the Reply) and the
-attribute index `A`."""
+attribute index `A` (and `world_dir`, from `tests.support.worlds`, which they all use)."""
 
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from channel.protocol.codec import unpack_body
 from channel.protocol.opcodes import ATTR_FIELDS, ROOT_INO, Op
 from channel.transport.calls import Reply
+from fusefront import commands
+from tests.support.worlds import world_dir
+
+__all__ = ["FS", "NOBODY", "A", "entry_ino", "world_dir"]
 
 NOBODY = 65534
 A = {name: i for i, name in enumerate(ATTR_FIELDS)}
@@ -37,27 +41,28 @@ class FS:
 
     # names
     def lookup(self, parent: int, name: bytes) -> Reply:
-        return self.call(Op.LOOKUP, [name], ino=parent)
+        return self.call(Op.LOOKUP, commands.named(name), ino=parent)
 
     def ino(self, path: bytes, parent: int = ROOT_INO) -> int:
         for part in path.split(b"/"):
-            parent = self.ok(Op.LOOKUP, [part], ino=parent).body[0][0]
+            parent = self.ok(Op.LOOKUP, commands.named(part), ino=parent).body[0][0]
         return parent
 
     def mkdir(self, parent: int, name: bytes, mode: int = 0o755, umask: int = 0) -> Reply:
-        return self.call(Op.MKDIR, [name, mode], ino=parent, umask=umask)
+        return self.call(Op.MKDIR, commands.mkdir(name, mode), ino=parent, umask=umask)
 
     def create(
         self, parent: int, name: bytes, mode: int = 0o644, flags: int = os.O_RDWR, umask: int = 0
     ) -> Reply:
-        return self.call(Op.CREATE, [name, mode, flags], ino=parent, umask=umask)
+        body = commands.create(name, mode, flags)
+        return self.call(Op.CREATE, body, ino=parent, umask=umask)
 
     def getattr(self, ino: int) -> list[int]:
         attr: list[int] = self.ok(Op.GETATTR, ino=ino).body
         return attr
 
     def open(self, ino: int, flags: int = os.O_RDWR) -> Reply:
-        return self.call(Op.OPEN, [flags], ino=ino)
+        return self.call(Op.OPEN, commands.open_flags(flags), ino=ino)
 
     def write(self, fh: int, data: bytes, offset: int = 0) -> Reply:
         return self.call(Op.WRITE, data=data, fh=fh, offset=offset)
@@ -98,8 +103,12 @@ def entry_ino(reply: Reply) -> int:
     return ino
 
 
-def world_dir(prefix: str) -> Path:
-    """A directory every uid can search (pytest's own tmp dirs are 0700 for root)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
+def run_workers(worker: Callable[[int], None], count: int, timeout: float = 300) -> None:
+    """Run `worker(0)` ... `worker(count - 1)` in threads at once and wait for all of them
+    (each within `timeout`); a thread still running after that fails the test."""
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert all(not t.is_alive() for t in threads), "a worker thread did not finish"

@@ -21,7 +21,8 @@ import multiprocessing.connection
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from channel.transport.calls import Reply
 from channel.transport.server_api import ServedChannel
 from channel.transport.shm_client import BlockingClient
 from tests.support.reporting_process import ReportingProcess
+from tests.support.worlds import temporary_world
 
 #: Geometry of test channels: small, but with buffers as large as FUSE's largest I/O.
 GEOMETRY = Geometry(sq_entries=64, cq_entries=64, slot_size=8192, buf_count=16, buf_size=1 << 20)
@@ -225,3 +227,16 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@contextmanager
+def temporary_server(prefix: str, export: Path | None = None) -> Iterator[ServerProcess]:
+    """A `ServerProcess` on `export` (default: a fresh 0755 `export` beside the socket), its
+    socket in a fresh directory every user can reach; both removed afterwards."""
+    with temporary_world(prefix) as base:
+        if export is None:
+            export = base / "export"
+            export.mkdir()
+            export.chmod(0o755)
+        with ServerProcess(export, base / "sock") as srv:
+            yield srv
