@@ -1,6 +1,6 @@
 """Round-trip latency and throughput: shared-memory channel versus the Unix-socket transport.
 
-Both talk to the same echo server process (tests/support/echo_server.py) with the same msgpack
+Both talk to the same echo server process (harness/echo_server.py) with the same msgpack
 messages. Measured per transport:
   * busy ping-pong: one NOP in flight at a time, back to back (p50/p99, round trips/s), in
     rounds that alternate between the transports, so that both see the same noise of a
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from channel.protocol.opcodes import Op  # noqa: E402
 from channel.transport.shm_client import BlockingClient, TrioClient  # noqa: E402
 from channel.transport.socket_client import SocketBlockingClient, SocketTrioClient  # noqa: E402
-from tests.support.echo_server import EchoServer  # noqa: E402
+from harness.echo_server import EchoServer  # noqa: E402
 
 IDLE_PAUSE = 0.03
 BODY = ["pingpong", 12345, b"0123456789abcdef"]

@@ -1,7 +1,7 @@
 """Fuzz a live server's channel with random cases (default 1,000,000).
 
 Starts `python -m backend_server` on a scratch export, then feeds
-`tests.support.fuzzing.ChannelFuzzer` random bytes: garbage slots, random header fields, random
+`harness.fuzzing.ChannelFuzzer` random bytes: garbage slots, random header fields, random
 bodies under real opcodes, noisy data buffers, random ring indices, scribbles over the header page,
 garbage handshakes. Every `--check-every` cases a separate well-behaved channel proves the server is
 alive and its data intact. The last line is `fuzz_channel: cases=N ok` (or the failure).
@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fusefront.mount import START_TIMEOUT, wait_for_socket
-from tests.support.fuzzing import ChannelFuzzer, HealthCheck
+from harness.fuzzing import ChannelFuzzer, HealthCheck
 
 
 def main() -> int:

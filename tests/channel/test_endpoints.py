@@ -26,8 +26,8 @@ from channel.transport import doorbell
 from channel.transport.calls import Reply
 from channel.transport.shm_client import BlockingClient, TrioClient
 from channel.transport.socket_client import SocketBlockingClient, SocketTrioClient
-from tests.support.echo_server import EchoServer
-from tests.support.reporting_process import REPO
+from harness.echo_server import EchoServer
+from harness.reporting_process import REPO
 
 SMALL = Geometry(sq_entries=16, cq_entries=16, slot_size=1024, buf_count=4, buf_size=8192)
 #: The bound within which each side must notice its peer's death.

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from channel.protocol import layout
 from channel.transport import doorbell
-from tests.support.fuzzing import ChannelFuzzer, HealthCheck
+from harness.fuzzing import ChannelFuzzer, HealthCheck
 from tests.support.server_harness import ServerProcess
 
 Target = tuple[ChannelFuzzer, HealthCheck, ServerProcess]

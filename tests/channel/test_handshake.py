@@ -21,7 +21,7 @@ from channel.protocol.opcodes import Op
 from channel.transport import doorbell, handshake_io
 from channel.transport.serve import accept_channel
 from channel.transport.shm_client import BlockingClient
-from tests.support.echo_server import EchoServer
+from harness.echo_server import EchoServer
 
 SMALL = Geometry(sq_entries=8, cq_entries=8, slot_size=512, buf_count=2, buf_size=4096)
 

@@ -20,7 +20,7 @@ from channel.protocol.layout import ClientStat, Geometry, ServerStat
 from channel.protocol.opcodes import Op
 from channel.protocol.sides import ClientSide
 from channel.transport import doorbell, handshake_io
-from tests.support.echo_server import EchoServer
+from harness.echo_server import EchoServer
 
 TOTAL = 1_000_000
 PHASES = 10

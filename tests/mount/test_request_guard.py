@@ -1,7 +1,7 @@
 """A request handler that fails unexpectedly answers EIO and leaves the driver serving.
 
 The driver is mounted (in the foreground, its log kept) on the echo server
-(`tests.support.echo_server`), a real server that answers every command with the command's own body:
+(`harness.echo_server`), a real server that answers every command with the command's own body:
 GETATTR then comes back with no attributes at all and LOOKUP with a name where an entry
 belongs, so the driver's own code fails on the reply (TypeError, ValueError). Before
 fusefront.guard such an exception left pyfuse3's main loop and ended the driver.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.echo_server import EchoServer
+from harness.echo_server import EchoServer
 from tests.support.mounting import REPO, RINGFS
 
 MOUNT_DEADLINE = 20.0

@@ -36,12 +36,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 #: The project's packages, each scanned completely.
-PACKAGES = ("channel", "backend_server", "fusefront")
+PACKAGES = ("channel", "backend_server", "fusefront", "harness")
 
 #: Parts of the code, as module-name prefixes; a module belongs to the part with the longest
 #: matching prefix. The channel is two layers, each a part; `channel` itself is only its
 #: package `__init__`, which re-exports the public names of both.
-PARTS = ("channel", "channel.protocol", "channel.transport", "backend_server", "fusefront")
+PARTS = (
+    "channel",
+    "channel.protocol",
+    "channel.transport",
+    "backend_server",
+    "fusefront",
+    "harness",
+)
 
 #: The only arrows allowed between two different parts: (importer, imported). A module may
 #: always import modules of its own part. Anything not listed is forbidden, in particular
@@ -57,6 +64,9 @@ ALLOWED_ARROWS = frozenset(
         ("backend_server", "channel.transport"),
         ("fusefront", "channel.protocol"),
         ("fusefront", "channel.transport"),
+        # the test and benchmark harness drives the channel, never the file system parts
+        ("harness", "channel.protocol"),
+        ("harness", "channel.transport"),
     }
 )
 

@@ -32,7 +32,7 @@ from channel.protocol.layout import Geometry
 from channel.transport.calls import Reply
 from channel.transport.server_api import ServedChannel
 from channel.transport.shm_client import BlockingClient
-from tests.support.reporting_process import ReportingProcess
+from harness.reporting_process import ReportingProcess
 from tests.support.worlds import temporary_world
 
 #: Geometry of test channels: small, but with buffers as large as FUSE's largest I/O.

@@ -93,7 +93,7 @@ class ChannelFuzzer:
                     self.error_statuses.get(completion.status, 0) + 1
                 )
 
-    def _submit_raw(self, fill: bytes | None = None, **command: object) -> None:
+    def _submit_raw(self, fill: bytes | None = None, /, **command: object) -> None:
         """Queue one slot: raw bytes, or an encoded command; wait for room first."""
         deadline = time.monotonic() + PROGRESS_DEADLINE
         while self.sq.free_slots() == 0 or self._outstanding >= FUZZ_GEOMETRY.cq_entries:
@@ -124,7 +124,7 @@ class ChannelFuzzer:
         self._collect()
 
     def _case_slot(self, rng: random.Random, data: bytes) -> None:
-        self._submit_raw(fill=data[: FUZZ_GEOMETRY.slot_size] or b"\0")
+        self._submit_raw(data[: FUZZ_GEOMETRY.slot_size] or b"\0")
 
     def _random_header(self, rng: random.Random, body: bytes) -> dict[str, object]:
         def u(bits: int) -> int:

@@ -1,6 +1,6 @@
 """A tiny trio echo server for the channel tests and benchmarks, and a fixture to run it.
 
-Run as `python -m tests.support.echo_server SOCKET [--secret HEX] [--trust-forwarded]`. It serves
+Run as `python -m harness.echo_server SOCKET [--secret HEX] [--trust-forwarded]`. It serves
 shared-memory and socket-transport channels through `channel.transport.serve.serve_connection` and
 answers every command the same way:
 
@@ -31,7 +31,7 @@ from channel.protocol.codec import Command, pack_body
 from channel.transport.serve import serve_connection
 from channel.transport.server_api import ServedChannel
 from channel.transport.shm_server import Poller
-from tests.support.reporting_process import ReportingProcess
+from harness.reporting_process import ReportingProcess
 
 
 def _answer(channel: ServedChannel, cmd: Command) -> None:
@@ -122,7 +122,7 @@ class EchoServer(ReportingProcess):
 
     def __init__(self, socket_path: Path, *args: str) -> None:
         super().__init__(
-            socket_path, ["tests.support.echo_server", str(socket_path), *args], "echo server"
+            socket_path, ["harness.echo_server", str(socket_path), *args], "echo server"
         )
 
 
