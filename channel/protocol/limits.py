@@ -53,6 +53,13 @@ DEFAULT_IDLE_SPIN = 0.001
 #: A client waiting for a command that moves more data than this parks at once instead of
 #: spinning: the server runs such commands in worker threads, which need the CPU.
 SPIN_WORTHY_BYTES = 256 * 1024
+#: How long a trio caller polls the CQ for its own answer before it parks on its event
+#: (seconds): a busy server answers a small command in a few microseconds, a trio
+#: scheduler pass costs about as much, and the park-and-wake path several passes.
+INLINE_REAP_SPIN = 0.000_050
+#: A trio caller whose answers keep coming inline passes through the scheduler once every
+#: this many calls, so that a loop of calls cannot starve the other tasks of its thread.
+INLINE_REAP_RUN = 16
 #: Upper bound on one sleep of a parked consumer (seconds). The wake-up protocol is fenced,
 #: but should a wake-up ever be lost, no command waits longer than this.
 SLEEP_BOUND = 0.010

@@ -4,8 +4,8 @@ This module owns every eventfd system call and every sleep of the channel. It im
 io_uring SQPOLL discipline on top of `RingConsumer.prepare_park/finish_park` and
 `RingProducer.publish`:
 
-* a consumer spins while work arrives (blocking: a tight loop; trio: a checkpoint between
-  polls, so the other tasks of its thread still run);
+* a consumer spins while work arrives (the blocking endpoints and the server's poller; a
+  trio client's callers spin for their own answers, see `shm_client.TrioClient`);
 * after `idle_spin` seconds without work it calls `prepare_park()`, which sets NEED_WAKEUP and
   re-checks the ring; only if the ring is still empty does it sleep on the eventfd, and never
   longer than `limits.SLEEP_BOUND`, so that even a lost wake-up costs a bounded delay;
@@ -164,38 +164,4 @@ def wait_blocking(
                 raise ChannelClosed("the server closed the channel")
             if nudge is not None and not available():
                 nudge()
-    clock.worked()
-
-
-async def wait_trio(
-    consumer: RingConsumer,
-    eventfd: int,
-    clock: IdleClock,
-    on_sleep: Callable[[], None],
-    nudge: Callable[[], bool] | None = None,
-) -> None:
-    """Trio's version of `wait_blocking`: checkpoints while spinning, so other tasks run.
-
-    A trio client often waits on a command that takes long by design (the driver's WATCH
-    long poll, an fsync). While one of its commands still sits unconsumed on the SQ, it
-    sleeps SLEEP_BOUND and re-rings (`nudge`): that bounds the wait should the server's
-    wake-up be lost. Once the server has taken them all, only the server's completion
-    wake-up can end the wait, which ends any sleep at once; a lost one (which the fences
-    rule out) would wait out IDLE_POLLER_SLEEP, and an idle mount does not wake every few
-    milliseconds on a wait that the peer's doorbell ends anyway (each trio wake-up costs up
-    to several ms of CPU on a small, busy machine)."""
-    available = consumer.available
-    timeout = limits.SLEEP_BOUND
-    while not available():
-        if not clock.should_park():
-            await trio.lowlevel.checkpoint()
-            continue
-        if consumer.prepare_park():
-            try:
-                await sleep_trio(eventfd, timeout)
-            finally:
-                consumer.finish_park()
-            on_sleep()
-            if nudge is not None and not available():
-                timeout = limits.SLEEP_BOUND if nudge() else limits.IDLE_POLLER_SLEEP
     clock.worked()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Self, Unpack
@@ -41,6 +42,8 @@ from channel.transport.calls import (
 )
 from channel.transport.handshake_io import ClientConnection, ShmHelloOptions
 from channel.transport.regions import release_views
+
+_perf_counter = time.perf_counter
 
 
 class _Endpoint:
@@ -245,6 +248,10 @@ class TrioClient(_Endpoint, AsyncEnd[_Waiter], AsyncCalls):
         self._buffer_permits = trio.Semaphore(g.buf_count)
         self._work = trio.Event()
         self._tsock = trio.socket.from_stdlib_socket(conn.sock)
+        self._inline_run = 0
+        self._reaper_parked = False
+        #: calls whose answer was reaped inline, without a scheduler pass
+        self.inline_reaps = 0
 
     @classmethod
     @asynccontextmanager
@@ -272,6 +279,8 @@ class TrioClient(_Endpoint, AsyncEnd[_Waiter], AsyncCalls):
 
     async def _call(self, request: Request) -> Reply:
         opcode, packed, data, read_size, dest, need_buf, fields = request
+        # A cancel point, not a schedule point: an answer reaped inline returns without one.
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         if need_buf:
             await _acquire(self._buffer_permits)
@@ -293,6 +302,12 @@ class TrioClient(_Endpoint, AsyncEnd[_Waiter], AsyncCalls):
         waiter = _Waiter(buf, read_size, dest, need_buf)
         tag = self._submit(opcode, packed, buf, data, fields)
         self._waiters[tag] = waiter
+        if self._reap_inline(waiter):
+            self._inline_run += 1
+            if self._inline_run >= limits.INLINE_REAP_RUN:
+                self._inline_run = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return self._answer(waiter)
         self._work.set()
         try:
             await waiter.event.wait()
@@ -301,10 +316,67 @@ class TrioClient(_Endpoint, AsyncEnd[_Waiter], AsyncCalls):
             # server may still write into its buffer until then).
             waiter.dest = None
             raise
+        return self._answer(waiter)
+
+    @staticmethod
+    def _answer(waiter: _Waiter) -> Reply:
         if waiter.error is not None:
             raise waiter.error
         assert waiter.reply is not None
         return waiter.reply
+
+    def _reap_inline(self, waiter: _Waiter) -> bool:
+        """Reap on the caller's own task while the server is awake, for at most
+        INLINE_REAP_SPIN, and say whether the waiter's answer came. A trio scheduler pass
+        costs about as much as a busy server's whole answer, and parking on the event to be
+        woken by the reaper costs two or more; so the caller spins for its answer, and the
+        reaper only serves callers whose answers are far off (it parks at once).
+
+        While the reaper is parked, its NEED_WAKEUP flag is lifted for the spin, so the
+        server does not ring for answers reaped here, and set again afterwards exactly as
+        the reaper's own `prepare_park` would: whatever was published meanwhile is reaped
+        and delivered before the flag stands again."""
+        if self.clock.should_park():
+            return False
+        side, deliver = self.side, self._deliver
+        cq = side.cq
+        lifted = self._reaper_parked
+        try:
+            if lifted:
+                cq.finish_park()
+            try:
+                deadline = 0.0
+                while waiter.reply is None and waiter.error is None:
+                    completion = side.reap()
+                    if completion is not None:
+                        deliver(completion)
+                        continue
+                    now = _perf_counter()
+                    if not deadline:
+                        deadline = now + limits.INLINE_REAP_SPIN
+                    elif now >= deadline:
+                        return False
+            finally:
+                while lifted and not cq.prepare_park():
+                    completion = side.reap()
+                    if completion is not None:
+                        deliver(completion)
+        except Exception as exc:  # a garbled CQ, as in the reaper
+            self._fail(ChannelClosed(f"the channel broke: {exc}"))
+            return True
+        self.clock.worked()
+        self.inline_reaps += 1
+        return True
+
+    def _deliver(self, completion: Completion) -> None:
+        waiter = self._waiters.pop(completion.tag, None)
+        if waiter is None:
+            return
+        waiter.reply = make_reply(
+            completion, self._data_out(completion, waiter.buf, waiter.read_size, waiter.dest)
+        )
+        self._finish(waiter)
+        waiter.event.set()
 
     def _finish(self, waiter: _Waiter) -> None:
         if waiter.buf != NO_BUFFER:
@@ -320,26 +392,36 @@ class TrioClient(_Endpoint, AsyncEnd[_Waiter], AsyncCalls):
             self._fail(ChannelClosed(f"the channel broke: {exc}"))
 
     async def _reap_forever(self) -> None:
-        side, waiters = self.side, self._waiters
+        side, waiters, cq = self.side, self._waiters, self.side.cq
+        timeout = limits.SLEEP_BOUND
         while True:
             if not waiters:
                 self._work = trio.Event()
                 await self._work.wait()
                 continue
             completion = side.reap()
-            if completion is None:
-                await doorbell.wait_trio(
-                    side.cq, self._cq_efd, self.clock, self._count_sleep, self._nudge
-                )
+            if completion is not None:
+                self._deliver(completion)
+                timeout = limits.SLEEP_BOUND
                 continue
-            waiter = waiters.pop(completion.tag, None)
-            if waiter is None:
+            # The answers still awaited are far off (near ones are reaped by their callers):
+            # park at once. While one of our commands sits unconsumed on the SQ, sleep
+            # SLEEP_BOUND and re-ring (`_nudge`), which bounds the wait should the server's
+            # wake-up be lost; once the server holds them all, only its completion wake-up
+            # ends the sleep (a long poll such as the driver's WATCH waits here), and the
+            # bound is IDLE_POLLER_SLEEP: each trio wake-up costs up to several ms of CPU on
+            # a small, busy machine, and an idle mount must not pay that every few ms.
+            if not cq.prepare_park():
                 continue
-            waiter.reply = make_reply(
-                completion, self._data_out(completion, waiter.buf, waiter.read_size, waiter.dest)
-            )
-            self._finish(waiter)
-            waiter.event.set()
+            self._reaper_parked = True
+            try:
+                await doorbell.sleep_trio(self._cq_efd, timeout)
+            finally:
+                self._reaper_parked = False
+                cq.finish_park()
+            self._count_sleep()
+            if not cq.available():
+                timeout = limits.SLEEP_BOUND if self._nudge() else limits.IDLE_POLLER_SLEEP
 
     async def _watch_peer(self) -> None:
         with suppress(OSError, trio.ClosedResourceError):

@@ -129,6 +129,38 @@ async def test_trio_many_in_flight_and_cancel(server: EchoServer) -> None:
             assert client.side.free_buffers == SMALL.buf_count
 
 
+async def test_trio_answers_reaped_inline_still_yield(server: EchoServer) -> None:
+    """While the server is busy, a caller reaps its own answer without a scheduler pass, yet
+    a loop of such calls still lets the other tasks of its thread run, and a call made in a
+    cancelled scope sends nothing."""
+    calls = 400
+    other_ran = 0
+
+    async def other(done: trio.Event) -> None:
+        nonlocal other_ran
+        while not done.is_set():
+            other_ran += 1
+            await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(20):
+        async with TrioClient.open(server.path, geometry=SMALL) as client:
+            done = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(other, done)
+                for i in range(calls):
+                    reply = await client.call(Op.NOP, [i])
+                    assert reply.body == [i]
+                done.set()
+            assert client.inline_reaps > 0
+            assert other_ran >= calls // limits.INLINE_REAP_RUN
+            sent = client.side.stats[ClientStat.COMMANDS]
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                with pytest.raises(trio.Cancelled):
+                    await client.call(Op.NOP, ["never"])
+            assert client.side.stats[ClientStat.COMMANDS] == sent
+
+
 async def test_socket_trio_client(server: EchoServer) -> None:
     async with SocketTrioClient.open(server.path) as client:
         results: list[Reply] = []
