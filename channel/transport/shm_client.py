@@ -44,6 +44,7 @@ from channel.transport.handshake_io import ClientConnection, ShmHelloOptions
 from channel.transport.regions import release_views
 
 _perf_counter = time.perf_counter
+_yield_cpu = os.sched_yield
 
 
 class _Endpoint:
@@ -356,6 +357,9 @@ class TrioClient(_Endpoint, AsyncEnd[_Waiter], AsyncCalls):
                         deadline = now + limits.INLINE_REAP_SPIN
                     elif now >= deadline:
                         return False
+                    # The server is often queued on this very CPU (wake-affine scheduling
+                    # put us where it ran): yield it the CPU instead of spinning against it.
+                    _yield_cpu()
             finally:
                 while lifted and not cq.prepare_park():
                     completion = side.reap()
