@@ -62,6 +62,7 @@ class RingOperations(pyfuse3.Operations):
         cache: CacheMode,
         *,
         writeback: bool = False,
+        xattr: bool = True,
         info: Callable[[], bytes] = lambda: b"{}",
         presentation: Presentation | None = None,
     ) -> None:
@@ -70,6 +71,11 @@ class RingOperations(pyfuse3.Operations):
         self.cache = cache
         self.presentation = presentation or Presentation()
         self.enable_writeback_cache = writeback
+        #: False with `-o noxattr`: every xattr request is answered ENOSYS here, at once. The
+        #: kernel then marks the connection as having none of that operation (userspace
+        #: sees EOPNOTSUPP) and stops sending it: no GETXATTR security.capability before
+        #: each write.
+        self.xattr = xattr
         self._info = info
         #: inode -> until when it is known to carry no security.capability. The kernel asks
         #: before every buffered write (to strip file capabilities); answering from here for
@@ -342,10 +348,14 @@ class RingOperations(pyfuse3.Operations):
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
+        if not self.xattr:
+            raise FUSEError(errno.ENOSYS)
         self._no_capability.pop(inode, None)
         await self._call(Op.SETXATTR, [name, 0], ino=inode, data=value, **_ctx_fields(ctx))
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not self.xattr:
+            raise FUSEError(errno.ENOSYS)
         if inode == pyfuse3.ROOT_INODE and name == INFO_XATTR_NAME:
             return self._info()  # the driver describes itself: `ringfs stats`, discovery
         if name == CAPABILITY_XATTR and self._no_capability.get(inode, 0.0) > time.monotonic():
@@ -366,6 +376,8 @@ class RingOperations(pyfuse3.Operations):
         return reply.data or b""
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        if not self.xattr:
+            raise FUSEError(errno.ENOSYS)
         reply = await self._call(
             Op.LISTXATTR,
             ino=inode,
@@ -376,6 +388,8 @@ class RingOperations(pyfuse3.Operations):
         return [n for n in (reply.data or b"").split(b"\0") if n]
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if not self.xattr:
+            raise FUSEError(errno.ENOSYS)
         self._no_capability.pop(inode, None)
         await self._call(Op.REMOVEXATTR, [name], ino=inode, **_ctx_fields(ctx))
 
