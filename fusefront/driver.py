@@ -24,7 +24,7 @@ from channel.protocol.opcodes import DOT_ENTRIES, READDIR_DOTS, READDIR_PAGE, Op
 from channel.transport.calls import AsyncCaller, Reply
 from fusefront.bodies import RESTORE_BODY_BYTES, forget_bodies
 from fusefront.cache import CacheMode
-from fusefront.guard import answer_every_request
+from fusefront.guard import answer_every_request, guarded, unguarded
 from fusefront.link import OperationLost
 from fusefront.listing import Listing
 from fusefront.mountinfo import INFO_XATTR_NAME
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 #: The xattr the kernel reads before every buffered write.
 CAPABILITY_XATTR = b"security.capability"
+#: The answer to the kernel's per-write question from the negative cache (see getxattr):
+#: one exception, reused, its traceback dropped at each raise (or it would grow with every
+#: one). pyfuse3 reads its errno before the coroutine ends, so no two requests share it.
+_NO_CAPABILITY = FUSEError(errno.ENODATA)
 #: renameat2's flag: the two names swap their objects.
 RENAME_EXCHANGE = 2
 
@@ -353,13 +357,21 @@ class RingOperations(pyfuse3.Operations):
         self._no_capability.pop(inode, None)
         await self._call(Op.SETXATTR, [name, 0], ino=inode, data=value, **_ctx_fields(ctx))
 
+    @unguarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        # The kernel asks this before every buffered write: the cached answer allocates
+        # nothing, reaches no trio checkpoint and needs no guard (it cannot fail).
+        if name == CAPABILITY_XATTR and self._no_capability.get(inode, 0.0) > time.monotonic():
+            raise _NO_CAPABILITY.with_traceback(None)
+        value: bytes = await self._getxattr(inode, name, ctx)
+        return value
+
+    @guarded("getxattr")
+    async def _getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if not self.xattr:
             raise FUSEError(errno.ENOSYS)
         if inode == pyfuse3.ROOT_INODE and name == INFO_XATTR_NAME:
             return self._info()  # the driver describes itself: `ringfs stats`, discovery
-        if name == CAPABILITY_XATTR and self._no_capability.get(inode, 0.0) > time.monotonic():
-            raise FUSEError(errno.ENODATA)
         try:
             reply = await self._call(
                 Op.GETXATTR,
