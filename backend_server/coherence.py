@@ -24,8 +24,11 @@ from typing import Any
 
 INODE = 0
 ENTRY = 1
+#: Forget everything (the export changed in ways the server could not follow: see
+#: backend_server.watcher); its second field is the root, which every watcher holds.
+ALL = 2
 
-Notice = list[Any]  # [INODE, ino] or [ENTRY, parent, name]
+Notice = list[Any]  # [INODE, ino], [ENTRY, parent, name] or [ALL, root]
 Publish = Callable[[], None]
 
 

@@ -25,6 +25,7 @@ from channel.transport.calls import AsyncCaller, Reply
 from fusefront.bodies import RESTORE_BODY_BYTES, forget_bodies
 from fusefront.cache import CacheMode
 from fusefront.guard import answer_every_request, guarded, unguarded
+from fusefront.invalidation import ALL, INODE
 from fusefront.link import OperationLost
 from fusefront.listing import Listing
 from fusefront.mountinfo import INFO_XATTR_NAME
@@ -158,6 +159,17 @@ class RingOperations(pyfuse3.Operations):
             and attr is not None
             and self._closed_state.get(inode) == _data_state(attr)
         )
+
+    def forget_cached(self, notices: list[Any]) -> list[Any]:
+        """The driver's own knowledge of what the server's notices name goes too (see
+        fusefront.invalidation); [ALL] becomes a notice for everything the kernel holds."""
+        if any(notice[0] == ALL for notice in notices):
+            self._no_capability.clear()
+            return [[INODE, pyfuse3.ROOT_INODE], *self.nodes.everything()]
+        for notice in notices:
+            if notice[0] == INODE:
+                self._no_capability.pop(notice[1], None)
+        return notices
 
     # -- names --------------------------------------------------------------------------
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> Any:
