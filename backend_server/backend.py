@@ -119,7 +119,7 @@ class Backend:
 
     def _changed_behind(self, notices: list[Notice]) -> None:
         """The export changed behind the server's back: drivers forget it; nobody waits."""
-        self.coherence.changed(notices, lambda: None)
+        self.coherence.changed(notices, lambda: None, external=True)
 
     def stop(self) -> None:
         """Let `run` return once the slow operations in flight have completed."""
@@ -262,7 +262,11 @@ class Backend:
     def _finish(self, spec: OpSpec, req: Request, status: int, reply: Reply | None) -> None:
         """Complete `req`; an application's change waits until the mounts that cache what
         it changed have forgotten it (see coherence)."""
-        if status >= 0 and req.session.app_identity is None and req.cmd.opcode in LOOKS_UP:
+        if (
+            status >= 0
+            and req.cmd.opcode in LOOKS_UP
+            and self.coherence.wants_external(id(req.channel))
+        ):
             self._watch_looked_up(req)
         if status >= 0 and spec.changes is not None and req.session.app_identity is not None:
             publish = functools.partial(self._complete, req.channel, req.cmd.tag, status, reply)
@@ -278,7 +282,8 @@ class Backend:
                     self.watcher.watch(self.table.get(req.session, number))
 
     def _watch(self, channel: ServedChannel, cmd: Command) -> None:
-        """WATCH: the driver asks to hear of application changes to what it holds."""
+        """WATCH: the driver asks to hear of application changes to what it holds, and with
+        [true] of changes made in the export behind the server's back (watcher)."""
         session = self._session(channel)
         if session.app_identity is not None:
             self._complete(channel, cmd.tag, -errno.EPERM, None)
@@ -291,7 +296,11 @@ class Backend:
         def answer(notices: list[Notice]) -> None:
             self._complete(channel, cmd.tag, 0, Reply(pack_body(notices)))
 
-        self.coherence.watch(id(channel), holds, answer)
+        body = cmd.body
+        external = isinstance(body, list) and bool(body) and body[0] is True
+        self.coherence.watch(id(channel), holds, answer, external)
+        if external:
+            self.watcher.watch(self.table.root)  # the kernel holds it from the mount on
 
     def _execute(self, spec: OpSpec, req: Request) -> tuple[int, Reply | None]:
         """Run one operation in this thread, as its caller when it needs one."""

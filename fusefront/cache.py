@@ -27,6 +27,8 @@ the export directly, behind the server's back):
   export nobody else changes. The watcher's notices reach it too (the same changes are seen
   within milliseconds), but a change inotify misses stays unseen for up to a day.
 
+`none` does not ask for the watcher's notices (fusefront.invalidation): it needs none, and
+an invalidation racing one of its GETATTRs would make the kernel drop that fresh answer.
 Application channels' changes are seen at once in every mode (backend_server.coherence).
 Writeback caching is a separate option (`-o writeback`).
 

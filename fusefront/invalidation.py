@@ -40,13 +40,18 @@ def apply(notices: list[Any]) -> None:
                 pyfuse3.invalidate_entry(notice[1], notice[2])
 
 
-async def keep_watching(link: Any, expand: Callable[[list[Any]], list[Any]]) -> None:
+async def keep_watching(
+    link: Any, expand: Callable[[list[Any]], list[Any]], external: bool
+) -> None:
     """Until cancelled: WATCH, invalidate, WATCH again (across server restarts too).
     `expand` drops what the driver itself keeps of the notices' objects and turns [ALL]
-    into a notice for each object the kernel holds (RingOperations.forget_cached)."""
+    into a notice for each object the kernel holds (RingOperations.forget_cached).
+    `external`: also hear of changes made in the export behind the server's back (a mode
+    whose kernel caches names or attributes; cache=none asks the server every time, and an
+    invalidation racing its GETATTR would only make the kernel drop that fresh answer)."""
     while True:
         try:
-            reply = await link.call(Op.WATCH)
+            reply = await link.call(Op.WATCH, [True] if external else None)
         except ChannelClosed:
             await link.wait_up()
             continue

@@ -321,7 +321,8 @@ async def serve_mount(
                 if opts.writeback:
                     lift_for_writeback(mountpoint)
                 if opts.transport == "shm":  # invalidations need the FUSE session
-                    nursery.start_soon(keep_watching, link, ops.forget_cached)
+                    external = bool(opts.cache.entry_timeout or opts.cache.attr_timeout)
+                    nursery.start_soon(keep_watching, link, ops.forget_cached, external)
                 nursery.start_soon(_announce_when_ready, mountpoint, ready, state)
                 nursery.start_soon(_terminate_on_signal)
                 await pyfuse3.main()
