@@ -35,6 +35,7 @@ The server applies each caller's umask itself, so the process umask is set to 0 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -50,6 +51,7 @@ from backend_server.handles import HandleQuota
 from backend_server.identity import NO_CALLER, Identity, Switcher
 from backend_server.inodes import InodeTable
 from backend_server.session import Session
+from backend_server.watcher import LOOKS_UP, SELF_NOTIFYING, ExportWatcher
 from channel.protocol.codec import Command, pack_body
 from channel.protocol.opcodes import HOLDS_DESCRIPTOR, OPENS_HANDLE, ROOT_INO, Op, mutates
 from channel.transport.descriptors import DescriptorBudget
@@ -87,6 +89,9 @@ class Backend:
         self._sessions: dict[int, Session] = {}
         self._limiter = trio.CapacityLimiter(threads)
         self.coherence = Coherence()
+        #: changes made in the export behind the server's back, reported like coherence's
+        self.watcher = ExportWatcher(self.table, self._changed_behind)
+        self._watching = trio.CancelScope()
         #: commands handed to worker threads and not completed yet
         self.threaded_in_flight = 0
         self._nursery: trio.Nursery | None = None
@@ -101,14 +106,24 @@ class Backend:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._stop = trio.CancelScope()
+                nursery.start_soon(self._watch_export)
                 task_status.started()
                 with self._stop:
                     await trio.sleep_forever()
         finally:
             self._nursery = None
 
+    async def _watch_export(self) -> None:
+        with self._watching:
+            await self.watcher.run()
+
+    def _changed_behind(self, notices: list[Notice]) -> None:
+        """The export changed behind the server's back: drivers forget it; nobody waits."""
+        self.coherence.changed(notices, lambda: None, external=True)
+
     def stop(self) -> None:
         """Let `run` return once the slow operations in flight have completed."""
+        self._watching.cancel()
         if self._stop is not None:
             self._stop.cancel()
 
@@ -122,6 +137,7 @@ class Backend:
         for session in list(self._sessions.values()):
             self._release(session)
         self._sessions.clear()
+        self.watcher.close()
         self.table.close()
 
     # -- channels -----------------------------------------------------------------------
@@ -204,7 +220,11 @@ class Backend:
             if nursery is not None and spec.threaded(req):
                 self._start_threaded(nursery, spec, req)
                 return
-            status, reply = self._execute(spec, req)
+            if cmd.opcode in SELF_NOTIFYING and self.watcher.watching:
+                with self.watcher.around():  # its own events are not reported
+                    status, reply = self._execute(spec, req)
+            else:
+                status, reply = self._execute(spec, req)
         except Exception as exc:
             status, reply = status_of(exc), None
         self._finish(spec, req, status, reply)
@@ -242,14 +262,28 @@ class Backend:
     def _finish(self, spec: OpSpec, req: Request, status: int, reply: Reply | None) -> None:
         """Complete `req`; an application's change waits until the mounts that cache what
         it changed have forgotten it (see coherence)."""
+        if (
+            status >= 0
+            and req.cmd.opcode in LOOKS_UP
+            and self.coherence.wants_external(id(req.channel))
+        ):
+            self._watch_looked_up(req)
         if status >= 0 and spec.changes is not None and req.session.app_identity is not None:
             publish = functools.partial(self._complete, req.channel, req.cmd.tag, status, reply)
             self.coherence.changed(spec.changes(req), publish)
         else:
             self._complete(req.channel, req.cmd.tag, status, reply)
 
+    def _watch_looked_up(self, req: Request) -> None:
+        """The driver's kernel may now cache names in these directories: watch them."""
+        for number in LOOKS_UP[req.cmd.opcode](req):
+            if not self.watcher.watches(number):
+                with contextlib.suppress(OSError):
+                    self.watcher.watch(self.table.get(req.session, number))
+
     def _watch(self, channel: ServedChannel, cmd: Command) -> None:
-        """WATCH: the driver asks to hear of application changes to what it holds."""
+        """WATCH: the driver asks to hear of application changes to what it holds, and with
+        [true] of changes made in the export behind the server's back (watcher)."""
         session = self._session(channel)
         if session.app_identity is not None:
             self._complete(channel, cmd.tag, -errno.EPERM, None)
@@ -262,7 +296,11 @@ class Backend:
         def answer(notices: list[Notice]) -> None:
             self._complete(channel, cmd.tag, 0, Reply(pack_body(notices)))
 
-        self.coherence.watch(id(channel), holds, answer)
+        body = cmd.body
+        external = isinstance(body, list) and bool(body) and body[0] is True
+        self.coherence.watch(id(channel), holds, answer, external)
+        if external:
+            self.watcher.watch(self.table.root)  # the kernel holds it from the mount on
 
     def _execute(self, spec: OpSpec, req: Request) -> tuple[int, Reply | None]:
         """Run one operation in this thread, as its caller when it needs one."""

@@ -24,8 +24,11 @@ from typing import Any
 
 INODE = 0
 ENTRY = 1
+#: Forget everything (the export changed in ways the server could not follow: see
+#: backend_server.watcher); its second field is the root, which every watcher holds.
+ALL = 2
 
-Notice = list[Any]  # [INODE, ino] or [ENTRY, parent, name]
+Notice = list[Any]  # [INODE, ino], [ENTRY, parent, name] or [ALL, root]
 Publish = Callable[[], None]
 
 
@@ -47,6 +50,8 @@ class Watcher:
     """One driver session's view: its outstanding WATCH and the notices it owes or awaits."""
 
     holds: Callable[[int], bool]
+    #: also told of changes made in the export behind the server's back (WATCH [true])
+    external: bool = False
     answer: Callable[[list[Notice]], None] | None = None  # completes the outstanding WATCH
     queued: list[Notice] = field(default_factory=list)
     queued_holds: list[Held] = field(default_factory=list)
@@ -72,13 +77,19 @@ class Coherence:
         self._watchers: dict[int, Watcher] = {}
 
     def watch(
-        self, key: int, holds: Callable[[int], bool], answer: Callable[[list[Notice]], None]
+        self,
+        key: int,
+        holds: Callable[[int], bool],
+        answer: Callable[[list[Notice]], None],
+        external: bool = False,
     ) -> None:
         """A WATCH from driver session `key`: acknowledges everything reported to it before,
-        and is answered now if notices are waiting, else when the next ones come."""
+        and is answered now if notices are waiting, else when the next ones come. With
+        `external`, changes made behind the server's back are reported to it too."""
         watcher = self._watchers.get(key)
         if watcher is None:
             watcher = self._watchers[key] = Watcher(holds)
+        watcher.external = external
         acknowledged, watcher.reported_holds = watcher.reported_holds, []
         watcher.answer = answer
         watcher.flush()
@@ -91,11 +102,18 @@ class Coherence:
         if watcher is not None:
             watcher.release_all()
 
-    def changed(self, notices: list[Notice], publish: Publish) -> None:
+    def wants_external(self, key: int) -> bool:
+        watcher = self._watchers.get(key)
+        return watcher is not None and watcher.external
+
+    def changed(self, notices: list[Notice], publish: Publish, *, external: bool = False) -> None:
         """An application channel changed what `notices` name: publish its completion once
-        every watching driver that holds any of it has invalidated its kernel's caches."""
+        every watching driver that holds any of it has invalidated its kernel's caches.
+        `external`: a change behind the server's back, for the drivers that asked for it."""
         held = Held(publish)
         for watcher in self._watchers.values():
+            if external and not watcher.external:
+                continue
             mine = [n for n in notices if watcher.holds(n[1])]
             if mine:
                 held.pending += 1

@@ -46,13 +46,14 @@ guards it, its cache included.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, ParamSpec
 
 from backend_server import syscalls
@@ -211,6 +212,26 @@ class InodeTable:
                 inode.pins -= 1
                 if inode.pins == 0 and inode.dropped:
                     self._close_fd(inode)
+
+    @contextlib.contextmanager
+    def pinned(self, inode: Inode) -> Iterator[int]:
+        """`inode`'s descriptor, which the cache cannot close until the block ends."""
+        with self._lock:
+            inode.pins += 1
+        try:
+            yield self.fd_of(inode)
+        finally:
+            self.unpin([inode])
+
+    def held_number(self, directory: Inode, name: bytes) -> int | None:
+        """The number of `name` in `directory` if the table holds that object (someone has
+        it looked up), else None; counts and assigns nothing (backend_server.watcher)."""
+        with self.pinned(directory) as dir_fd:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            key = self._name_key(dir_fd, name, st)[0]
+        with self._lock:
+            inode = self._by_key.get(key)
+            return None if inode is None else inode.number
 
     # -- counting lookups -----------------------------------------------------------------
     def register(

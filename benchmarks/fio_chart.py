@@ -27,6 +27,7 @@ MUTED = {
     "ringfs-auto": "#fcbba1",
     "ringfs-always": "#74c476",
     "ringfs-writeback": "#c7e9c0",
+    "ringfs-noxattr": "#fdae6b",
     "ringfs-socket": "#bcbddc",
     "passthrough": "#525252",
 }

@@ -44,7 +44,7 @@ from channel.protocol.opcodes import READDIR_PAGE, ROOT_INO, Op, readdir_page_en
 from channel.transport.calls import Reply
 from channel.transport.shm_client import BlockingClient, TrioClient
 from fusefront import commands
-from fusefront.mountinfo import INFO_XATTR
+from fusefront.mountinfo import INFO_XATTR, published_info
 
 #: An application channel: a few commands in flight, four 1 MiB data buffers.
 DIRECT_GEOMETRY = Geometry(sq_entries=32, cq_entries=32, slot_size=8192, buf_count=4)
@@ -302,12 +302,15 @@ def _ended(exc: ChannelClosed) -> OSError:
 
 
 def control_socket(mountpoint: str | os.PathLike[str]) -> str:
-    """The driver's control socket, named by the mount's root."""
+    """The driver's control socket: from the description the driver published, keyed by
+    the mount's device (no xattr round trip; see fusefront.mountinfo), else from the
+    mount root's `user.ringfs.info` (a mount whose description cannot be read here)."""
+    where = f"{os.fspath(mountpoint)} (a ringfs mount? mounted allow_other for others?)"
     try:
-        info = json.loads(os.getxattr(mountpoint, INFO_XATTR))
+        published = published_info(mountpoint)
+        info = published.__dict__ if published else json.loads(os.getxattr(mountpoint, INFO_XATTR))
     except OSError as exc:
-        where = f"{os.fspath(mountpoint)} (a ringfs mount? mounted allow_other for others?)"
-        raise OSError(exc.errno, f"{exc.strerror}: reading {INFO_XATTR} of {where}") from None
+        raise OSError(exc.errno, f"{exc.strerror}: finding the driver of {where}") from None
     path = info.get("control_socket") if isinstance(info, dict) else None
     if not path:
         raise OSError(errno.EOPNOTSUPP, "this mount offers no application channels")

@@ -25,7 +25,8 @@ from channel.transport.calls import AsyncCaller, Reply
 from fusefront import commands
 from fusefront.bodies import RESTORE_BODY_BYTES, forget_bodies
 from fusefront.cache import CacheMode
-from fusefront.guard import answer_every_request
+from fusefront.guard import answer_every_request, guarded, unguarded
+from fusefront.invalidation import ALL, INODE
 from fusefront.link import OperationLost
 from fusefront.listing import Listing
 from fusefront.mountinfo import INFO_XATTR_NAME
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 #: The xattr the kernel reads before every buffered write.
 CAPABILITY_XATTR = b"security.capability"
+#: The answer to the kernel's per-write question from the negative cache (see getxattr):
+#: one exception, reused, its traceback dropped at each raise (or it would grow with every
+#: one). pyfuse3 reads its errno before the coroutine ends, so no two requests share it.
+_NO_CAPABILITY = FUSEError(errno.ENODATA)
 #: renameat2's flag: the two names swap their objects.
 RENAME_EXCHANGE = 2
 
@@ -63,6 +68,7 @@ class RingOperations(pyfuse3.Operations):
         cache: CacheMode,
         *,
         writeback: bool = False,
+        xattr: bool = True,
         info: Callable[[], bytes] = lambda: b"{}",
         presentation: Presentation | None = None,
     ) -> None:
@@ -71,6 +77,11 @@ class RingOperations(pyfuse3.Operations):
         self.cache = cache
         self.presentation = presentation or Presentation()
         self.enable_writeback_cache = writeback
+        #: False with `-o noxattr`: every xattr request is answered ENOSYS here, at once. The
+        #: kernel then marks the connection as having none of that operation (userspace
+        #: sees EOPNOTSUPP) and stops sending it: no GETXATTR security.capability before
+        #: each write.
+        self.xattr = xattr
         self._info = info
         #: inode -> until when it is known to carry no security.capability. The kernel asks
         #: before every buffered write (to strip file capabilities); answering from here for
@@ -150,6 +161,17 @@ class RingOperations(pyfuse3.Operations):
             and attr is not None
             and self._closed_state.get(inode) == _data_state(attr)
         )
+
+    def forget_cached(self, notices: list[Any]) -> list[Any]:
+        """The driver's own knowledge of what the server's notices name goes too (see
+        fusefront.invalidation); [ALL] becomes a notice for everything the kernel holds."""
+        if any(notice[0] == ALL for notice in notices):
+            self._no_capability.clear()
+            return [[INODE, pyfuse3.ROOT_INODE], *self.nodes.everything()]
+        for notice in notices:
+            if notice[0] == INODE:
+                self._no_capability.pop(notice[1], None)
+        return notices
 
     # -- names --------------------------------------------------------------------------
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> Any:
@@ -342,14 +364,26 @@ class RingOperations(pyfuse3.Operations):
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
+        if not self.xattr:
+            raise FUSEError(errno.ENOSYS)
         self._no_capability.pop(inode, None)
         await self._call(Op.SETXATTR, [name, 0], ino=inode, data=value, **_ctx_fields(ctx))
 
+    @unguarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        # The kernel asks this before every buffered write: the cached answer allocates
+        # nothing, reaches no trio checkpoint and needs no guard (it cannot fail).
+        if name == CAPABILITY_XATTR and self._no_capability.get(inode, 0.0) > time.monotonic():
+            raise _NO_CAPABILITY.with_traceback(None)
+        value: bytes = await self._getxattr(inode, name, ctx)
+        return value
+
+    @guarded("getxattr")
+    async def _getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not self.xattr:
+            raise FUSEError(errno.ENOSYS)
         if inode == pyfuse3.ROOT_INODE and name == INFO_XATTR_NAME:
             return self._info()  # the driver describes itself: `ringfs stats`, discovery
-        if name == CAPABILITY_XATTR and self._no_capability.get(inode, 0.0) > time.monotonic():
-            raise FUSEError(errno.ENODATA)
         try:
             reply = await self._call(
                 Op.GETXATTR,
@@ -366,6 +400,8 @@ class RingOperations(pyfuse3.Operations):
         return reply.data or b""
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        if not self.xattr:
+            raise FUSEError(errno.ENOSYS)
         reply = await self._call(
             Op.LISTXATTR,
             ino=inode,
@@ -376,6 +412,8 @@ class RingOperations(pyfuse3.Operations):
         return [n for n in (reply.data or b"").split(b"\0") if n]
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if not self.xattr:
+            raise FUSEError(errno.ENOSYS)
         self._no_capability.pop(inode, None)
         await self._call(Op.REMOVEXATTR, [name], ino=inode, **_ctx_fields(ctx))
 

@@ -66,9 +66,25 @@ def _answering(name: str, handler: _Handler) -> _Handler:
     return answered
 
 
+def guarded(name: str) -> Callable[[_Handler], _Handler]:
+    """Wrap a coroutine that the request handler `name` delegates to, as the class
+    decorator wraps handlers (for a handler left `unguarded` for its fast path)."""
+    return functools.partial(_answering, name)
+
+
+def unguarded(handler: _Handler) -> _Handler:
+    """Leave this handler unwrapped: it answers some requests before it can fail (no
+    call, no lookup that may raise) and awaits a `guarded` coroutine for the rest. Saves
+    the wrapper's coroutine on the hottest request (fusefront.driver's getxattr)."""
+    handler.__dict__["unguarded"] = True
+    return handler
+
+
 def answer_every_request(cls: _Class) -> _Class:
     """Class decorator: wrap every request handler `cls` itself defines (see module doc)."""
     for name, method in list(vars(cls).items()):
+        if getattr(method, "unguarded", False):
+            continue
         if name in HANDLERS and inspect.iscoroutinefunction(method):
             setattr(cls, name, _answering(name, method))
     return cls

@@ -39,10 +39,10 @@ from fusefront.driver import RingOperations
 from fusefront.invalidation import keep_watching
 from fusefront.link import ServerLink
 from fusefront.mountinfo import (
-    INFO_XATTR,
     START_TIMEOUT,
     STOP_TIMEOUT,
     DriverInfo,
+    InfoFile,
     MountError,
     dead_mount_message,
     is_dead,
@@ -226,7 +226,7 @@ async def _announce_when_ready(mountpoint: str, ready: Callable[[], None], state
 
     def probe() -> bool:
         try:
-            os.getxattr(mountpoint, INFO_XATTR)
+            os.statvfs(mountpoint)  # always a request (and no xattr, which noxattr refuses)
         except OSError as exc:
             # ECONNREFUSED: INIT failed; ENOTCONN: the session is already gone.
             return exc.errno not in (errno.ECONNREFUSED, errno.ENOTCONN)
@@ -259,8 +259,11 @@ async def serve_mount(
     """Connect, mount, and run FUSE until unmounted or SIGTERM/SIGINT/SIGHUP; always unmount.
     The link to the server survives its restarts (see fusefront.link)."""
 
+    published = InfoFile(info)
+
     def connected(client: AsyncChannelClient) -> None:
         info.server_pid = client.server_pid
+        published.update()  # a restarted server has a new pid: `ringfs umount` waits on it
 
     link = ServerLink(
         functools.partial(open_client, socket_path, opts, secret),
@@ -275,6 +278,7 @@ async def serve_mount(
                 link,
                 opts.cache,
                 writeback=opts.writeback,
+                xattr=not opts.noxattr,
                 info=info.to_json,
                 presentation=opts.presentation,
             )
@@ -296,15 +300,21 @@ async def serve_mount(
             except RuntimeError as exc:  # libfuse refused the mount: pyfuse3 says which call
                 raise MountError(f"cannot mount {mountpoint}: {exc}") from exc
             try:
+                try:  # before ready: discovery works once `up` returns
+                    published.publish(mountpoint)
+                except (OSError, MountError) as exc:
+                    log.warning("cannot publish the mount's description: %s", exc)
                 if opts.writeback:
                     lift_for_writeback(mountpoint)
                 if opts.transport == "shm":  # invalidations need the FUSE session
-                    nursery.start_soon(keep_watching, link)
+                    external = bool(opts.cache.entry_timeout or opts.cache.attr_timeout)
+                    nursery.start_soon(keep_watching, link, ops.forget_cached, external)
                 nursery.start_soon(_announce_when_ready, mountpoint, ready, state)
                 nursery.start_soon(_terminate_on_signal)
                 await pyfuse3.main()
             finally:
                 nursery.cancel_scope.cancel()
+                published.remove()
                 # Whatever ended the session (an unmount, a signal, libfuse refusing INIT),
                 # no mount is left behind: libfuse skips the unmount when the kernel has
                 # already dropped it (the device then polls POLLERR).

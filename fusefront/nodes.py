@@ -101,6 +101,16 @@ class NodeTable:
             self.nodes[ino].name = None
 
     # -- handles ------------------------------------------------------------------------
+    def everything(self) -> list[list[object]]:
+        """Invalidation notices for every inode the kernel holds and the name it has here
+        (fusefront.invalidation's INODE 0 and ENTRY 1)."""
+        notices: list[list[object]] = []
+        for ino, node in self.nodes.items():
+            notices.append([0, ino])
+            if node.name is not None:
+                notices.append([1, node.parent, node.name])
+        return notices
+
     def opened(self, fh: int, ino: int, flags: int, is_dir: bool = False) -> None:
         self.handles[fh] = OpenHandle(ino, flags, is_dir)
 

@@ -1,14 +1,15 @@
 """Mount options: what `-o` means, split into ours and the ones passed on to FUSE.
 
-Ours: `cache=none|auto|always`, `writeback`, `transport=shm|socket`, `debug`, the two
+Ours: `cache=none|auto|always`, `writeback`, `noxattr`, `transport=shm|socket`, `debug`, the two
 opt-outs below, and the presentation and timeout options sshfs users reach for: `uid=N`,
 `gid=N`, `umask=NNN` (see fusefront.presentation), `entry_timeout=S`, `attr_timeout=S`
 (override the cache mode's). Everything else (`allow_other`, `default_permissions`, `ro`,
 `fsname=`, ...) goes to the kernel as sshfs users expect.
 
 `fsname=` defaults to the export (or, for `ringfs mount SOCKET`, the server's socket), so
-`df` and /proc/mounts tell two mounts apart; the subtype carries the cache mode
-(`fuse.ringfs.auto`, `fuse.ringfs.none.writeback`): /proc/mounts shows a FUSE mount's source,
+`df` and /proc/mounts tell two mounts apart; the subtype carries the cache mode and the two
+flags that change what the mount can do (`fuse.ringfs.auto`, `fuse.ringfs.none.writeback`,
+`fuse.ringfs.auto.noxattr`): /proc/mounts shows a FUSE mount's source,
 type and only the options the kernel itself knows, so the type is where the mode can show.
 
 Defaults, so that a mount behaves like a local disk for the users who can reach it:
@@ -51,6 +52,8 @@ class OptionError(ValueError):
 class MountOptions:
     cache: CacheMode = field(default_factory=lambda: CACHE_MODES[DEFAULT_CACHE_MODE])
     writeback: bool = False
+    #: `-o noxattr`: the driver answers every xattr request ENOSYS (see fusefront.driver)
+    noxattr: bool = False
     transport: str = "shm"
     debug: bool = False
     fuse: set[str] = field(default_factory=set)
@@ -76,6 +79,8 @@ class MountOptions:
                     opts.cache = CACHE_MODES[value]
                 elif key == "writeback":
                     opts.writeback = True
+                elif item == "noxattr":
+                    opts.noxattr = True
                 elif key == "transport":
                     if value not in ("shm", "socket"):
                         raise OptionError(f"transport={value}: expected shm or socket")
@@ -124,7 +129,8 @@ class MountOptions:
         )
 
     def subtype(self) -> str:
-        return ".".join(["ringfs", self.cache.name] + (["writeback"] if self.writeback else []))
+        flags = {"writeback": self.writeback, "noxattr": self.noxattr}
+        return ".".join(["ringfs", self.cache.name, *(name for name, on in flags.items() if on)])
 
     def fuse_options(self, source: str = "ringfs") -> set[str]:
         """What pyfuse3.init is given; `source` (the export, or the server socket) is the
@@ -151,6 +157,7 @@ class MountOptions:
             "entry_timeout": self.cache.entry_timeout,
             "attr_timeout": self.cache.attr_timeout,
             "writeback": self.writeback,
+            "xattr": not self.noxattr,
             "transport": self.transport,
             "uid": p.uid,
             "gid": p.gid,

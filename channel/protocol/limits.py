@@ -119,3 +119,9 @@ LOG_BACKUPS = 3
 #: outside the cache costs one open_by_handle_at and one fstat (~4 us) when it is next used.
 INODE_FD_CACHE = 1024
 INODE_FD_SHARE = 4
+
+#: Directories a server watches with inotify for changes made behind its back (see
+#: backend_server.watcher): each watch costs the kernel about 1 KiB and counts against the
+#: user's fs.inotify.max_user_watches (which every process of the user shares). Past it the
+#: server drops every watch, has the drivers forget everything, and starts over.
+MAX_WATCHED_DIRS = 8192

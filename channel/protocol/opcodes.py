@@ -44,7 +44,7 @@ Bulk data (write payloads, read results, directory pages, xattr values) travels 
 | RESTORE_INODES | - (driver only)            | [[parent, name, number, nlookup], ...]| [status per entry]      |
 | RESTORE_HANDLE | ino, fh (driver only)      | [flags]                               | -                       |
 | RESOLVE     | ino=start directory           | [[name, ...], register]               | entry, or attr if not register |
-| WATCH       | - (driver only)               | -                                     | [notice, ...] (backend_server.coherence) |
+| WATCH       | - (driver only)               | [] or [external]                      | [notice, ...] (backend_server.coherence) |
 """
 
 from __future__ import annotations

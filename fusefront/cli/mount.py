@@ -24,9 +24,9 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
         dest="options",
         action="append",
         metavar="OPTS",
-        help="comma-separated: cache=none|auto|always, writeback, transport=shm|socket, debug, "
-        "noallow_other, nodefault_permissions (opting out of the defaults: default_permissions, "
-        "and allow_other when root mounts), and FUSE options (ro, fsname=...)",
+        help="comma-separated: cache=none|auto|always, writeback, noxattr, transport=shm|socket, "
+        "debug, noallow_other, nodefault_permissions (opting out of the defaults: "
+        "default_permissions, and allow_other when root mounts), and FUSE options (ro, fsname=...)",
     )
     p.add_argument(
         "-f",

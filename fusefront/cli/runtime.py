@@ -10,38 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 
 from channel.transport.handshake_io import socket_path_problem
-from fusefront.mountinfo import MountError
+from fusefront.mountinfo import MountError, info_dir, own_directory
 
 
 def runtime_dir() -> str:
-    uid = os.geteuid()
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        path, mode = os.path.join(xdg, "ringfs"), 0o700
-    elif uid == 0:
-        # Others may pass through (not list): server sockets are 0600 themselves, and the
-        # drivers' control sockets beside them are meant for every local user.
-        path, mode = "/run/ringfs", 0o711
-    else:
-        path, mode = f"/tmp/ringfs-{uid}", 0o700
-    try:
-        os.mkdir(path, mode)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise MountError(f"cannot create runtime directory {path}: {exc.strerror}") from None
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
-        raise MountError(
-            f"runtime directory {path} is not a directory owned by uid {uid}: refusing it "
-            "(remove it, or set XDG_RUNTIME_DIR)"
-        )
-    if stat.S_IMODE(st.st_mode) != mode:
-        os.chmod(path, mode)  # ours: the mode we want, whatever umask made of it
-    return path
+    # Root's, without XDG: others may pass through (not list): server sockets are 0600
+    # themselves, and the drivers' control sockets and descriptions there are for every user.
+    path, mode = (os.path.join(xdg, "ringfs"), 0o700) if xdg else info_dir(os.geteuid())
+    return own_directory(path, mode)
 
 
 def mount_digest(mountpoint: str) -> str:

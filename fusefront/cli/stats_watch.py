@@ -97,6 +97,8 @@ def describe_mount(mount: dict[str, Any]) -> str:
     ]
     if mount["writeback"]:
         shown.append("writeback")
+    if mount.get("xattr") is False:
+        shown.append("noxattr")
     shown += [f"{k} {mount[k]}" for k in ("uid", "gid", "umask") if mount.get(k) is not None]
     return "mount: " + ", ".join(shown)
 

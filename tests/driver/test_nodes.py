@@ -58,3 +58,15 @@ def test_handles_are_recorded_until_released() -> None:
     assert t.handle_inode(7) == 3 and t.handles[8].is_dir
     t.closed(7)
     assert t.handle_inode(7) is None and list(t.handles) == [8]
+
+
+def test_everything_names_each_inode_and_its_entry_for_a_forget_all() -> None:
+    t = NodeTable()
+    t.learned(2, 1, b"dir")
+    t.learned(3, 2, b"file")
+    t.learned(4, 2, b"gone")
+    t.removed(2, b"gone")  # unlinked through the mount: no name left to forget
+    notices = t.everything()
+    assert [0, 2] in notices and [1, 1, b"dir"] in notices
+    assert [0, 3] in notices and [1, 2, b"file"] in notices
+    assert [0, 4] in notices and not [n for n in notices if n[:1] == [1] and n[2] == b"gone"]
