@@ -15,7 +15,9 @@ start-up), for example:
 `--collect-atstart=no --toggle-collect='*Poller._pass*'` is not needed: the client's post and
 reap are in the count too and are the same before and after a server change. Without valgrind
 it prints the wall time per command (noisy on a shared machine).
-    .venv/bin/python benchmarks/server_cost.py {nop|read} BATCH ROUNDS
+`bare` is a NOP answered by a handler that only completes it (the poller, the sides and
+the client without the operations layer).
+    .venv/bin/python benchmarks/server_cost.py {nop|read|bare} BATCH ROUNDS
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend_server.backend import Backend
-from channel.protocol.codec import NO_BUFFER, NO_FIELDS, Completion, pack_body
+from channel.protocol.codec import NO_BUFFER, NO_FIELDS, Command, Completion, pack_body
 from channel.protocol.handshake import PeerCredentials
 from channel.protocol.layout import Geometry, Region
 from channel.protocol.opcodes import ROOT_INO, Op
@@ -79,6 +81,11 @@ async def run(kind: str, batch: int, rounds: int, export: str) -> float:
                 fields = (0, 0, fh, 0, BLOCK, 0, 0, 0, 0)
             post, reap, take = client.post, client.reap, poller._pass
             handler = backend.handler
+            if kind == "bare":  # no operations layer: what the poller and the sides cost
+
+                def handler(channel: ServerChannel, cmd: Command) -> None:
+                    channel.complete(cmd.tag, 0)
+
             start = time.perf_counter()
             for _ in range(rounds):
                 for i in range(batch):
@@ -101,7 +108,7 @@ def main() -> int:
     kind = sys.argv[1] if len(sys.argv) > 1 else "nop"
     batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 20_000
-    if kind not in ("nop", "read") or not 1 <= batch <= 64:
+    if kind not in ("nop", "read", "bare") or not 1 <= batch <= 64:
         print(__doc__.splitlines()[-1].strip(), file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="ringfs-server-cost-") as export:

@@ -496,19 +496,31 @@ static int check_ready(void)
     return 0;
 }
 
-/* tuple.__new__(cls, items) without the NamedTuple keyword constructor; steals `items`. */
-static PyObject *new_record(PyObject *cls, PyObject *items)
+/* A record of `n` fields: an instance of `cls`, a tuple subclass without fields of its own
+ * (Command, Completion; checked by `configure`), built in place as tuple.__new__ would build
+ * it, without the NamedTuple keyword constructor or an intermediate tuple. Steals the `n`
+ * references in `items`, even on failure; a NULL item (a failed conversion) fails it. */
+static PyObject *new_record(PyObject *cls, PyObject **items, Py_ssize_t n)
 {
-    if (items == NULL)
-        return NULL;
-    PyObject *args = PyTuple_Pack(1, items);
-    Py_DECREF(items);
-    if (args == NULL)
-        return NULL;
-    PyObject *r = PyTuple_Type.tp_new((PyTypeObject *)cls, args, NULL);
-    Py_DECREF(args);
+    PyObject *r = NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (items[i] == NULL)
+            goto fail;
+    r = ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, n);
+    if (r == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(r, i, items[i]);
     return r;
+fail:
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_XDECREF(items[i]);
+    return NULL;
 }
+
+static inline PyObject *u64_obj(uint64_t v) { return PyLong_FromUnsignedLongLong(v); }
+static inline PyObject *u32_obj(uint32_t v) { return PyLong_FromUnsignedLong(v); }
+static inline PyObject *i32_obj(int32_t v) { return PyLong_FromLong(v); }
 
 /* The msgpack body of a private copy, or None when empty; ProtocolError on garbage. */
 static PyObject *decode_body(const char *shared, uint32_t n)
@@ -786,9 +798,11 @@ static PyObject *ClientCore_reap(ClientCore *self, PyObject *unused)
         bump(stats, cfg.c_latency + (bucket < last ? bucket : last), 1);
         if (data_len)
             bump(stats, cfg.c_bytes_in, data_len);
-        return new_record(cfg.completion_type,
-                          Py_BuildValue("(NiIIiKN)", ptag, status, body_len, data_len, buf,
-                                        (unsigned long long)value, body));
+        PyObject *fields[] = {
+            ptag, i32_obj(status), u32_obj(body_len), u32_obj(data_len), i32_obj(buf),
+            u64_obj(value), body,
+        }; /* Completion's order */
+        return new_record(cfg.completion_type, fields, sizeof fields / sizeof fields[0]);
     }
 }
 
@@ -953,15 +967,15 @@ static PyObject *take_slot(ServerCore *self, int store_head)
     }
     uint16_t opcode = get16(h + C_OPCODE);
     bump(stats, cfg.s_by_opcode + opcode_counter(opcode), 1);
-    return new_record(
-        cfg.command_type,
-        Py_BuildValue("(KHHIy#iIKKKIIIIIIN)", (unsigned long long)tag, opcode,
-                      get16(h + C_FLAGS), body_len, (const char *)h + C_TOKEN,
-                      (Py_ssize_t)TOKEN_SIZE, buf, data_len,
-                      (unsigned long long)get64(h + C_INO), (unsigned long long)get64(h + C_FH),
-                      (unsigned long long)get64(h + C_OFFSET), size, get32(h + C_UID),
-                      get32(h + C_GID), get32(h + C_PID), get32(h + C_UMASK),
-                      get32(h + C_RESERVED), body));
+    PyObject *fields[] = {
+        u64_obj(tag), u32_obj(opcode), u32_obj(get16(h + C_FLAGS)), u32_obj(body_len),
+        PyBytes_FromStringAndSize((const char *)h + C_TOKEN, TOKEN_SIZE), i32_obj(buf),
+        u32_obj(data_len), u64_obj(get64(h + C_INO)), u64_obj(get64(h + C_FH)),
+        u64_obj(get64(h + C_OFFSET)), u32_obj(size), u32_obj(get32(h + C_UID)),
+        u32_obj(get32(h + C_GID)), u32_obj(get32(h + C_PID)), u32_obj(get32(h + C_UMASK)),
+        u32_obj(get32(h + C_RESERVED)), body,
+    }; /* Command's order: the header's fields, then the body */
+    return new_record(cfg.command_type, fields, sizeof fields / sizeof fields[0]);
 }
 
 /* take() -> Command | Rejected | None */
@@ -1319,6 +1333,17 @@ static PyObject *configure(PyObject *module, PyObject *args, PyObject *kwds)
         || cfg.c_by_opcode + cfg.opcode_counters > words || cfg.s_by_opcode < 0
         || cfg.s_by_opcode + cfg.opcode_counters > words || wake <= 0)
         goto bad;
+    /* new_record builds these in place: plain tuple subclasses, no fields of their own. */
+    PyObject *records[] = {cfg.command_type, cfg.completion_type};
+    for (size_t i = 0; i < 2; i++) {
+        PyTypeObject *t = (PyTypeObject *)records[i];
+        if (!PyType_Check(records[i]) || !PyType_IsSubtype(t, &PyTuple_Type)
+            || t->tp_basicsize != PyTuple_Type.tp_basicsize
+            || t->tp_itemsize != PyTuple_Type.tp_itemsize || t->tp_dictoffset != 0) {
+            PyErr_SetString(PyExc_TypeError, "Command and Completion must be plain tuple subclasses");
+            return NULL;
+        }
+    }
     cfg.need_wakeup = (uint64_t)wake;
     cfg.ready = 1;
     Py_RETURN_NONE;
