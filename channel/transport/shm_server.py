@@ -90,10 +90,11 @@ class ServerChannel(ChannelIdentity):
         return self._buffers[cmd.buf][: cmd.data_len]
 
     def output_buffer(self, cmd: Command) -> memoryview:
-        """Where `cmd`'s reply data goes: `cmd.size` bytes of its data buffer."""
+        """Where `cmd`'s reply data goes: `cmd.size` bytes of its data buffer (taking the
+        command checked that they fit the buffer)."""
         if cmd.buf == NO_BUFFER:
             return _EMPTY
-        return self._buffers[cmd.buf][: min(cmd.size, self._buf_size)]
+        return self._buffers[cmd.buf][: cmd.size]
 
     def complete(
         self, tag: int, status: int, body: bytes = b"", *, data_len: int = 0, value: int = 0
