@@ -201,7 +201,7 @@ class Backend:
                 raise fail(errno.ENOSYS)
             if self.closed:
                 raise fail(errno.ESHUTDOWN)
-            session = self._session(channel)
+            session = self._sessions.get(id(channel)) or self._session(channel)
             self._check_admissible(session, cmd)
             acts = spec.identity and not spec.opener
             caller = self._caller(session, cmd) if acts else NO_CALLER
@@ -216,8 +216,8 @@ class Backend:
                 raise
             return
         try:
-            nursery = self._nursery
-            if nursery is not None and spec.threaded(req):
+            threaded, nursery = spec.threaded, self._nursery
+            if threaded is not None and nursery is not None and threaded(req):
                 self._start_threaded(nursery, spec, req)
                 return
             if cmd.opcode in SELF_NOTIFYING and self.watcher.watching:
@@ -227,7 +227,10 @@ class Backend:
                 status, reply = self._execute(spec, req)
         except Exception as exc:
             status, reply = status_of(exc), None
-        self._finish(spec, req, status, reply)
+        if spec.changes is None:  # nothing any mount caches: complete at once
+            self._complete(channel, cmd.tag, status, reply)
+        else:
+            self._finish(spec, req, status, reply)
 
     def _check_admissible(self, session: Session, cmd: Command) -> None:
         """The checks every operation shares (see the module docstring); raises the errno."""
@@ -317,7 +320,8 @@ class Backend:
         except Exception as exc:
             return status_of(exc), None
         finally:
-            req.done()  # unpin its inodes: their descriptors may be evicted again
+            if req.pinned:
+                req.done()  # unpin its inodes: their descriptors may be evicted again
 
     def threads_busy(self) -> bool:
         """Are worker threads running commands (whose results trio must pick up soon)?"""

@@ -46,10 +46,6 @@ LARGE_IO = 256 * 1024
 SMALL_DIR_BYTES = 4096
 
 
-def _never(req: Request) -> bool:
-    return False
-
-
 def _always(req: Request) -> bool:
     return True
 
@@ -79,8 +75,8 @@ class OpSpec:
     identity: bool
     #: cmd.fh names a handle, which the dispatcher resolves and pins
     handle: bool
-    #: True when this command should run in a worker thread
-    threaded: Callable[[Request], bool] = _never
+    #: True when this command should run in a worker thread; None: never (no call per command)
+    threaded: Callable[[Request], bool] | None = None
     #: what a successful command changed, for the mount's caches (see coherence)
     changes: Callable[[Request], list[Notice]] | None = None
     #: the caller is whoever opened the handle, not the command's header (see WRITE)
@@ -92,7 +88,7 @@ def _spec(
     *,
     identity: bool = True,
     handle: bool = False,
-    threaded: Callable[[Request], bool] = _never,
+    threaded: Callable[[Request], bool] | None = None,
     changes: Callable[[Request], list[Notice]] | None = None,
     opener: bool = False,
 ) -> OpSpec:

@@ -159,10 +159,16 @@ typedef struct {
 } Ring;
 
 /* A memoryview the core may still use: not released, nor its exporter. */
-static inline int live(PyObject *view)
+static inline int is_live(PyObject *view)
 {
     PyMemoryViewObject *m = (PyMemoryViewObject *)view;
-    if ((m->flags & _Py_MEMORYVIEW_RELEASED) || (m->mbuf->flags & _Py_MANAGED_BUFFER_RELEASED)) {
+    return !((m->flags & _Py_MEMORYVIEW_RELEASED) || (m->mbuf->flags & _Py_MANAGED_BUFFER_RELEASED));
+}
+
+/* 0 if the core may still use `view`, else -1 with ValueError set. */
+static inline int live(PyObject *view)
+{
+    if (!is_live(view)) {
         PyErr_SetString(PyExc_ValueError, "operation forbidden on released memoryview object");
         return -1;
     }
@@ -490,19 +496,31 @@ static int check_ready(void)
     return 0;
 }
 
-/* tuple.__new__(cls, items) without the NamedTuple keyword constructor; steals `items`. */
-static PyObject *new_record(PyObject *cls, PyObject *items)
+/* A record of `n` fields: an instance of `cls`, a tuple subclass without fields of its own
+ * (Command, Completion; checked by `configure`), built in place as tuple.__new__ would build
+ * it, without the NamedTuple keyword constructor or an intermediate tuple. Steals the `n`
+ * references in `items`, even on failure; a NULL item (a failed conversion) fails it. */
+static PyObject *new_record(PyObject *cls, PyObject **items, Py_ssize_t n)
 {
-    if (items == NULL)
-        return NULL;
-    PyObject *args = PyTuple_Pack(1, items);
-    Py_DECREF(items);
-    if (args == NULL)
-        return NULL;
-    PyObject *r = PyTuple_Type.tp_new((PyTypeObject *)cls, args, NULL);
-    Py_DECREF(args);
+    PyObject *r = NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (items[i] == NULL)
+            goto fail;
+    r = ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, n);
+    if (r == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(r, i, items[i]);
     return r;
+fail:
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_XDECREF(items[i]);
+    return NULL;
 }
+
+static inline PyObject *u64_obj(uint64_t v) { return PyLong_FromUnsignedLongLong(v); }
+static inline PyObject *u32_obj(uint32_t v) { return PyLong_FromUnsignedLong(v); }
+static inline PyObject *i32_obj(int32_t v) { return PyLong_FromLong(v); }
 
 /* The msgpack body of a private copy, or None when empty; ProtocolError on garbage. */
 static PyObject *decode_body(const char *shared, uint32_t n)
@@ -780,9 +798,11 @@ static PyObject *ClientCore_reap(ClientCore *self, PyObject *unused)
         bump(stats, cfg.c_latency + (bucket < last ? bucket : last), 1);
         if (data_len)
             bump(stats, cfg.c_bytes_in, data_len);
-        return new_record(cfg.completion_type,
-                          Py_BuildValue("(NiIIiKN)", ptag, status, body_len, data_len, buf,
-                                        (unsigned long long)value, body));
+        PyObject *fields[] = {
+            ptag, i32_obj(status), u32_obj(body_len), u32_obj(data_len), i32_obj(buf),
+            u64_obj(value), body,
+        }; /* Completion's order */
+        return new_record(cfg.completion_type, fields, sizeof fields / sizeof fields[0]);
     }
 }
 
@@ -805,7 +825,8 @@ static PyMemberDef ClientCore_members[] = {
 };
 
 /* ========================================================================================
- * ServerCore: the hot half of channel.protocol.sides_pure.ServerSide (take, complete).
+ * ServerCore: the hot half of channel.protocol.sides_pure.ServerSide (take, take_many,
+ * complete, stage, publish).
  * ======================================================================================== */
 typedef struct {
     PyObject_HEAD
@@ -813,6 +834,8 @@ typedef struct {
     PyObject *token;
     PyObject *pending; /* deque of queued completions (flushed by the Python subclass) */
     Py_ssize_t outstanding;
+    /* completions written to CQ slots (cq->pos counts them) whose tail is not stored yet */
+    Py_ssize_t staged;
     PyObject *stats_view; /* the side's statistics block (Region.server_stats()) */
     uint64_t *stats;
     Py_ssize_t buf_count, buf_size;
@@ -838,6 +861,7 @@ static int ServerCore_init(ServerCore *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->token, Py_NewRef(token));
     Py_XSETREF(self->pending, Py_NewRef(pending));
     self->outstanding = 0;
+    self->staged = 0;
     self->buf_count = buf_count;
     self->buf_size = buf_size;
     return 0;
@@ -876,23 +900,18 @@ static PyObject *rejected(uint64_t tag, int status)
     return PyObject_CallFunction(cfg.rejected_type, "Ki", (unsigned long long)tag, status);
 }
 
-/* take() -> Command | Rejected | None */
-static PyObject *ServerCore_take(ServerCore *self, PyObject *unused)
+/* The command in the SQ's slot at sq->pos, validated and counted: a Command or a Rejected.
+ * The caller has checked that the slot is filled and that its completion will find room.
+ * sq->pos moves past the slot once everything needed was copied out of it; with
+ * `store_head` the head is stored at once, otherwise the caller stores it (take_many, once
+ * for all its slots). NULL with an exception: the slot was consumed if sq->pos moved. */
+static PyObject *take_slot(ServerCore *self, int store_head)
 {
-    (void)unused;
-    Ring *sq = self->sq, *cq = self->cq;
-    long long ready = consumer_available(sq);
-    if (ready <= 0)
-        return ready < 0 ? NULL : Py_NewRef(Py_None);
-    long long free = producer_free(cq);
-    if (free < 0)
-        return NULL;
-    if (self->outstanding >= free)
-        Py_RETURN_NONE; /* every free CQ slot is promised to a command already taken */
-    uint64_t *stats = self->stats;
+    Ring *sq = self->sq;
     const char *slot = ring_slot(sq, sq->pos);
     if (slot == NULL || live(self->stats_view) < 0)
         return NULL;
+    uint64_t *stats = self->stats;
     unsigned char h[COMMAND_SIZE];
     copy_words_in(h, slot, COMMAND_SIZE); /* each shared field read exactly once */
     uint64_t tag = get64(h + C_TAG);
@@ -922,7 +941,8 @@ static PyObject *ServerCore_take(ServerCore *self, PyObject *unused)
         return NULL;
     }
     sq->pos += 1; /* everything needed was copied out of the slot */
-    store_word(sq->head_p, sq->pos);
+    if (store_head)
+        store_word(sq->head_p, sq->pos);
     self->outstanding += 1;
     bump(stats, cfg.s_commands, 1);
     if (body == NULL) {
@@ -948,20 +968,105 @@ static PyObject *ServerCore_take(ServerCore *self, PyObject *unused)
     }
     uint16_t opcode = get16(h + C_OPCODE);
     bump(stats, cfg.s_by_opcode + opcode_counter(opcode), 1);
-    return new_record(
-        cfg.command_type,
-        Py_BuildValue("(KHHIy#iIKKKIIIIIIN)", (unsigned long long)tag, opcode,
-                      get16(h + C_FLAGS), body_len, (const char *)h + C_TOKEN,
-                      (Py_ssize_t)TOKEN_SIZE, buf, data_len,
-                      (unsigned long long)get64(h + C_INO), (unsigned long long)get64(h + C_FH),
-                      (unsigned long long)get64(h + C_OFFSET), size, get32(h + C_UID),
-                      get32(h + C_GID), get32(h + C_PID), get32(h + C_UMASK),
-                      get32(h + C_RESERVED), body));
+    PyObject *fields[] = {
+        u64_obj(tag), u32_obj(opcode), u32_obj(get16(h + C_FLAGS)), u32_obj(body_len),
+        PyBytes_FromStringAndSize((const char *)h + C_TOKEN, TOKEN_SIZE), i32_obj(buf),
+        u32_obj(data_len), u64_obj(get64(h + C_INO)), u64_obj(get64(h + C_FH)),
+        u64_obj(get64(h + C_OFFSET)), u32_obj(size), u32_obj(get32(h + C_UID)),
+        u32_obj(get32(h + C_GID)), u32_obj(get32(h + C_PID)), u32_obj(get32(h + C_UMASK)),
+        u32_obj(get32(h + C_RESERVED)), body,
+    }; /* Command's order: the header's fields, then the body */
+    return new_record(cfg.command_type, fields, sizeof fields / sizeof fields[0]);
 }
 
-/* complete(tag, status, body=b"", *, data_len=0, buf=NO_BUFFER, value=0) -> wake */
-static PyObject *ServerCore_complete(ServerCore *self, PyObject *const *args, Py_ssize_t nargs,
-                                     PyObject *kwnames)
+/* take() -> Command | Rejected | None */
+static PyObject *ServerCore_take(ServerCore *self, PyObject *unused)
+{
+    (void)unused;
+    long long ready = consumer_available(self->sq);
+    if (ready <= 0)
+        return ready < 0 ? NULL : Py_NewRef(Py_None);
+    long long free = producer_free(self->cq);
+    if (free < 0)
+        return NULL;
+    if (self->outstanding >= free)
+        Py_RETURN_NONE; /* every free CQ slot is promised to a command already taken */
+    return take_slot(self, 1);
+}
+
+/* take_many(limit) -> list: what up to `limit` calls of take() would return, stopping where
+ * take() would return None, from one load of the SQ's tail and one of the CQ's head (each
+ * validated as take() validates it); the slots go back to the client with one store of the
+ * SQ's head after the last one was copied out. On an error the slots consumed so far are
+ * handed back, the commands taken are dropped with the list and the exception is raised
+ * (the poller then closes the channel). */
+static PyObject *ServerCore_take_many(ServerCore *self, PyObject *arg)
+{
+    Py_ssize_t limit = PyLong_AsSsize_t(arg);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *items = PyList_New(0);
+    if (items == NULL || limit <= 0)
+        return items;
+    Ring *sq = self->sq;
+    long long ready = consumer_available(sq); /* the tail's one load: ready <= entries */
+    if (ready <= 0)
+        goto done;
+    long long free = producer_free(self->cq); /* the head's one load: free <= entries */
+    if (free < 0)
+        goto done;
+    /* take() would succeed while outstanding + taken < free: every free CQ slot is
+     * promised to a command already taken, or to one taken here. */
+    long long n = free - (long long)self->outstanding;
+    if (n > ready)
+        n = ready;
+    if (n > limit)
+        n = limit;
+    unsigned long long start = sq->pos;
+    for (long long i = 0; i < n; i++) {
+        PyObject *item = take_slot(self, 0);
+        if (item == NULL)
+            break;
+        int appended = PyList_Append(items, item);
+        Py_DECREF(item);
+        if (appended < 0)
+            break;
+    }
+    /* Python ran since the last check (msgpack, the records): the words may be gone. */
+    if (sq->pos != start) {
+        if (is_live(sq->words))
+            store_word(sq->head_p, sq->pos);
+        else if (!PyErr_Occurred())
+            (void)live(sq->words); /* raises the released-view error */
+    }
+done:
+    if (PyErr_Occurred())
+        Py_CLEAR(items);
+    return items;
+}
+
+/* Store the CQ's tail once for every completion staged so far; True if the client is parked
+ * and must be woken. Callers have checked that the CQ's words are live.
+ *
+ * Ordering (x86-64): each staged completion was written into its slot with plain stores,
+ * earlier in program order than this one release store of the tail, and x86 never makes a
+ * store visible before an earlier store, so a client that loads the new tail sees every slot
+ * up to it complete (the release order also keeps the compiler from sinking the slots'
+ * memcpy below the store). A client that loads the old tail sees none of them and only
+ * reads slots below it, which the server does not touch. The fence between the tail store
+ * and the flags load is the parking argument above (Dekker), once per batch. */
+static PyObject *publish_staged(ServerCore *self)
+{
+    self->staged = 0;
+    return PyBool_FromLong(publish(self->cq, 0));
+}
+
+/* complete(tag, status, body=b"", *, data_len=0, buf=NO_BUFFER, value=0) -> wake, and
+ * stage(...) -> None: the completion written to the CQ's next slot (queued while the CQ is
+ * full or completions are queued already), then, for complete only, published with any
+ * staged before it. */
+static PyObject *complete_impl(ServerCore *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames, int now)
 {
     PyObject *o_tag, *o_status, *o_body = NULL, *o_data_len = NULL, *o_buf = NULL,
                                 *o_value = NULL;
@@ -1028,6 +1133,8 @@ static PyObject *ServerCore_complete(ServerCore *self, PyObject *const *args, Py
         if (r == NULL)
             return NULL;
         Py_DECREF(r);
+        if (!now)
+            Py_RETURN_NONE; /* the next publish() flushes it */
         return PyObject_CallMethodNoArgs((PyObject *)self, s_flush);
     }
     uint64_t tag, value = 0;
@@ -1066,15 +1173,53 @@ static PyObject *ServerCore_complete(ServerCore *self, PyObject *const *args, Py
         memcpy(slot + COMPLETION_SIZE, body.buf, (size_t)n);
     if (o_body)
         PyBuffer_Release(&body);
-    return PyBool_FromLong(publish(cq, 1));
+    cq->pos += 1; /* the slot is filled; the tail word is stored by publish_staged */
+    self->staged += 1;
+    if (!now)
+        Py_RETURN_NONE;
+    return publish_staged(self); /* nothing ran since the live check above */
+}
+
+static PyObject *ServerCore_complete(ServerCore *self, PyObject *const *args, Py_ssize_t nargs,
+                                     PyObject *kwnames)
+{
+    return complete_impl(self, args, nargs, kwnames, 1);
+}
+
+static PyObject *ServerCore_stage(ServerCore *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    return complete_impl(self, args, nargs, kwnames, 0);
+}
+
+/* publish() -> wake: make the staged completions visible (and the queued ones, as far as the
+ * CQ has room: flush does both); False when there is nothing to publish. */
+static PyObject *ServerCore_publish(ServerCore *self, PyObject *unused)
+{
+    (void)unused;
+    int queued = PyObject_IsTrue(self->pending);
+    if (queued < 0)
+        return NULL;
+    if (queued)
+        return PyObject_CallMethodNoArgs((PyObject *)self, s_flush);
+    if (self->staged == 0)
+        Py_RETURN_FALSE;
+    RING_LIVE(self->cq, NULL);
+    return publish_staged(self);
 }
 
 static PyMethodDef ServerCore_methods[] = {
     {"take", (PyCFunction)ServerCore_take, METH_NOARGS,
      "The next command, a Rejected to answer with an error, or None."},
+    {"take_many", (PyCFunction)ServerCore_take_many, METH_O,
+     "Up to `limit` commands as take() returns them, with one head store."},
     {"complete", (PyCFunction)(void (*)(void))ServerCore_complete,
      METH_FASTCALL | METH_KEYWORDS,
      "Publish (or queue) one completion; True if the client must be woken."},
+    {"stage", (PyCFunction)(void (*)(void))ServerCore_stage, METH_FASTCALL | METH_KEYWORDS,
+     "Write (or queue) one completion without publishing it."},
+    {"publish", (PyCFunction)ServerCore_publish, METH_NOARGS,
+     "Publish the staged completions with one tail store; True if the client must be woken."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1085,6 +1230,7 @@ static PyMemberDef ServerCore_members[] = {
     {"pending", T_OBJECT, offsetof(ServerCore, pending), READONLY, NULL},
     {"stats", T_OBJECT, offsetof(ServerCore, stats_view), READONLY, NULL},
     {"outstanding", T_PYSSIZET, offsetof(ServerCore, outstanding), 0, NULL},
+    {"staged", T_PYSSIZET, offsetof(ServerCore, staged), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1188,6 +1334,17 @@ static PyObject *configure(PyObject *module, PyObject *args, PyObject *kwds)
         || cfg.c_by_opcode + cfg.opcode_counters > words || cfg.s_by_opcode < 0
         || cfg.s_by_opcode + cfg.opcode_counters > words || wake <= 0)
         goto bad;
+    /* new_record builds these in place: plain tuple subclasses, no fields of their own. */
+    PyObject *records[] = {cfg.command_type, cfg.completion_type};
+    for (size_t i = 0; i < 2; i++) {
+        PyTypeObject *t = (PyTypeObject *)records[i];
+        if (!PyType_Check(records[i]) || !PyType_IsSubtype(t, &PyTuple_Type)
+            || t->tp_basicsize != PyTuple_Type.tp_basicsize
+            || t->tp_itemsize != PyTuple_Type.tp_itemsize || t->tp_dictoffset != 0) {
+            PyErr_SetString(PyExc_TypeError, "Command and Completion must be plain tuple subclasses");
+            return NULL;
+        }
+    }
     cfg.need_wakeup = (uint64_t)wake;
     cfg.ready = 1;
     Py_RETURN_NONE;

@@ -46,13 +46,20 @@ class ServerCore:
     token: bytes
     pending: deque[tuple[int, int, bytes, int, int, int]]
     outstanding: int
+    staged: int
     stats: memoryview
     def __init__(
         self, sq: RingConsumer, cq: RingProducer, token: bytes, stats: memoryview, buf_count: int,
         buf_size: int, pending: deque[tuple[int, int, bytes, int, int, int]],
     ) -> None: ...  # fmt: skip
     def take(self) -> Command | Rejected | None: ...
+    def take_many(self, limit: int) -> list[Command | Rejected]: ...
     def complete(
         self, tag: int, status: int, body: bytes = b"", *, data_len: int = 0, buf: int = -1,
         value: int = 0,
     ) -> bool: ...  # fmt: skip
+    def stage(
+        self, tag: int, status: int, body: bytes = b"", *, data_len: int = 0, buf: int = -1,
+        value: int = 0,
+    ) -> None: ...  # fmt: skip
+    def publish(self) -> bool: ...

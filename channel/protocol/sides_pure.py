@@ -213,6 +213,8 @@ class ServerSide:
         #: completions waiting for room in the CQ (only a client that stops reaping, or
         #: lies about its CQ head, makes any wait)
         self.pending: deque[tuple[int, int, bytes, int, int, int]] = deque()
+        #: completions written to CQ slots (counted in `cq.tail`) whose tail is not stored yet
+        self.staged = 0
         self.stats[ServerStat.PID] = os.getpid()
 
     def take(self) -> Command | Rejected | None:
@@ -222,20 +224,46 @@ class ServerSide:
         sq = self.sq
         if not sq.available():
             return None
-        cq = self.cq
-        if self.outstanding >= cq.free_slots():
+        if self.outstanding >= self.cq.free_slots():
             return None  # every free CQ slot is promised to a command already taken
+        item = self._take_slot(sq.slots[sq.head & sq.mask])
+        sq.release()  # everything needed was copied out of the slot
+        return item
+
+    def take_many(self, limit: int) -> list[Command | Rejected]:
+        """What up to `limit` calls of `take` would return, stopping where `take` would
+        return None, from one load of the SQ's tail and one of the CQ's head; the slots go
+        back to the client with one store of the SQ's head after the last was copied out.
+        On an error the slots consumed so far are handed back and the commands taken are
+        dropped (the caller closes the channel)."""
+        if limit <= 0:
+            return []
+        sq = self.sq
+        ready = sq.available()
+        if not ready:
+            return []
+        # take() would succeed while outstanding + taken < free CQ slots
+        n = min(self.cq.free_slots() - self.outstanding, ready, limit)
+        items: list[Command | Rejected] = []
+        head, mask, slots = sq.head, sq.mask, sq.slots
+        try:
+            for i in range(n):
+                items.append(self._take_slot(slots[(head + i) & mask]))
+        finally:
+            if items:
+                sq.release(len(items))
+        return items
+
+    def _take_slot(self, slot: memoryview) -> Command | Rejected:
+        """The command in `slot`, validated and counted; the caller releases the slot."""
         stats = self.stats
-        slot = sq.slots[sq.head & sq.mask]
         try:
             command = decode_command(slot, self.buf_count, self.buf_size)
         except ProtocolError:
-            sq.release()
             self.outstanding += 1
             stats[_SERVER_COMMANDS] += 1
             stats[ServerStat.PROTOCOL_ERRORS] += 1
             return Rejected(peek_tag(slot), -errno.EPROTO)
-        sq.release()  # everything needed was copied out of the slot
         self.outstanding += 1
         stats[_SERVER_COMMANDS] += 1
         if not token_matches(command.token, self.token):
@@ -254,8 +282,24 @@ class ServerSide:
         buf: int = NO_BUFFER,
         value: int = 0,
     ) -> bool:
-        """Publish (or queue, if the CQ is full) one completion; True if the client must be
-        woken. Raises ProtocolError if the CQ's head is corrupt."""
+        """Publish (or queue, if the CQ is full) one completion, after any staged before it;
+        True if the client must be woken. Raises ProtocolError if the CQ's head is corrupt."""
+        self.stage(tag, status, body, data_len=data_len, buf=buf, value=value)
+        return self.publish()
+
+    def stage(
+        self,
+        tag: int,
+        status: int,
+        body: bytes = b"",
+        *,
+        data_len: int = 0,
+        buf: int = NO_BUFFER,
+        value: int = 0,
+    ) -> None:
+        """`complete` without the publishing: write the completion into the CQ's next slot
+        (or queue it while the CQ is full or completions are queued already); `publish`
+        makes it visible, with every other staged one, in one store of the tail."""
         self.outstanding -= 1
         stats = self.stats
         stats[_SERVER_COMPLETIONS] += 1
@@ -264,12 +308,26 @@ class ServerSide:
         cq = self.cq
         if self.pending or not cq.free_slots():
             self.pending.append((tag, status, body, data_len, buf, value))
-            return self.flush()
+            return
         _encode_completion(cq.slots[cq.tail & cq.mask], tag, status, body, data_len, buf, value)
-        return cq.publish()
+        cq.tail += 1  # the slot is filled; the tail word is stored by publish
+        self.staged += 1
+
+    def publish(self) -> bool:
+        """Make the staged completions (and the queued ones, as far as the CQ has room)
+        visible with one store of the CQ's tail; True if the client must be woken. The
+        ordering argument is channel.protocol.ring's: the slots' stores come before the
+        tail's, and x86-64 keeps stores in order."""
+        if self.pending:
+            return self.flush()
+        if not self.staged:
+            return False
+        self.staged = 0
+        return self.cq.publish(0)
 
     def flush(self) -> bool:
-        """Publish queued completions while the CQ has room; True if the client must be woken."""
+        """Publish queued completions while the CQ has room, and the staged ones before
+        them; True if the client must be woken."""
         cq, pending = self.cq, self.pending
         published = 0
         free = cq.free_slots() if pending else 0
@@ -279,7 +337,10 @@ class ServerSide:
                                data_len, buf, value)  # fmt: skip
             published += 1
             free -= 1
-        return cq.publish(published) if published else False
+        if not (published or self.staged):
+            return False
+        self.staged = 0
+        return cq.publish(published)
 
     def count(self, stat: int, n: int = 1) -> None:
         self.stats[stat] += n

@@ -3,7 +3,10 @@
 `ServerChannel` wraps a `ServerSide` with its region, eventfds, socket and the identity the
 handshake established; the filesystem operations layer sees it as a
 `channel.transport.server_api.ServedChannel`. `Poller` polls every channel's SQ round-robin in
-one trio task, hands each command to a plain sync handler, and parks on an epoll of all SQ
+one trio task, takes each channel's ready commands in a batch (up to BATCH per pass), hands
+them to a plain sync handler one after the other without a scheduler pass in between,
+publishes the completions answered inline together (one CQ tail store and at most one
+wake-up per batch; the trio scheduler runs every YIELD_INTERVAL), and parks on an epoll of all SQ
 eventfds when every channel has been idle for `idle_spin`: for SLEEP_BOUND while a channel
 needs re-checking on its own (a stalled ring, completions waiting for CQ room), otherwise for
 up to IDLE_POLLER_SLEEP, because a waiting client re-rings (see `doorbell.nudge_if_unconsumed`).
@@ -40,8 +43,9 @@ from channel.transport.server_api import (
 log = logging.getLogger(__name__)
 
 _EMPTY = memoryview(b"")
-#: Commands taken from one channel per pass before the next channel's turn: small, so that a
-#: flooding client delays the others by at most this many handler calls.
+#: Commands taken from one channel per pass before the next channel's turn (in one
+#: `take_many`, their completions published together): small, so that a flooding client
+#: delays the others by at most this many handler calls.
 BATCH = 16
 #: Longest stretch (seconds) the spinning poller runs without letting other trio tasks run:
 #: they (handlers' spawned tasks, the accept loop, peer watchers) wait at most this long.
@@ -72,6 +76,9 @@ class ServerChannel(ChannelIdentity):
         self._buf_size = region.geometry.buf_size
         #: tag -> data buffer of commands handed out, so completions can echo it
         self._bufs: dict[int, int] = {}
+        #: The poller is serving a batch of this channel's commands: completions are staged
+        #: and published together when the batch ends (`publish`).
+        self._staging = False
         self._detach: Callable[[ServerChannel], None] | None = None
         self._closed_event = trio.Event()
 
@@ -83,16 +90,18 @@ class ServerChannel(ChannelIdentity):
         return self._buffers[cmd.buf][: cmd.data_len]
 
     def output_buffer(self, cmd: Command) -> memoryview:
-        """Where `cmd`'s reply data goes: `cmd.size` bytes of its data buffer."""
+        """Where `cmd`'s reply data goes: `cmd.size` bytes of its data buffer (taking the
+        command checked that they fit the buffer)."""
         if cmd.buf == NO_BUFFER:
             return _EMPTY
-        return self._buffers[cmd.buf][: min(cmd.size, self._buf_size)]
+        return self._buffers[cmd.buf][: cmd.size]
 
     def complete(
         self, tag: int, status: int, body: bytes = b"", *, data_len: int = 0, value: int = 0
     ) -> None:
-        """Publish `tag`'s completion and wake the client if it sleeps. Ignored once the
-        channel is closed; a corrupt CQ head (hostile client) closes the channel."""
+        """Publish `tag`'s completion and wake the client if it sleeps; during a batch of
+        the poller, stage it for the batch's one publish. Ignored once the channel is
+        closed; a corrupt CQ head (hostile client) closes the channel."""
         if self.closed:
             return
         buf = self._bufs.pop(tag, NO_BUFFER) if self._bufs else NO_BUFFER
@@ -100,7 +109,23 @@ class ServerChannel(ChannelIdentity):
         if data_len > self._buf_size:
             data_len = self._buf_size
         try:
-            if side.complete(tag, status, body, data_len=data_len, buf=buf, value=value):
+            if self._staging:
+                side.stage(tag, status, body, data_len=data_len, buf=buf, value=value)
+            elif side.complete(tag, status, body, data_len=data_len, buf=buf, value=value):
+                doorbell.ring(self.cq_efd)
+                side.stats[ServerStat.WAKEUPS_SENT] += 1
+        except ProtocolError:
+            side.count(ServerStat.PROTOCOL_ERRORS)
+            self.close()
+
+    def publish(self) -> None:
+        """Make the staged completions visible with one store of the CQ's tail, and wake
+        the client if it sleeps (one eventfd write for the whole batch)."""
+        if self.closed:
+            return
+        side = self.side
+        try:
+            if side.publish():
                 doorbell.ring(self.cq_efd)
                 side.stats[ServerStat.WAKEUPS_SENT] += 1
         except ProtocolError:
@@ -224,27 +249,33 @@ class Poller:
 
     @staticmethod
     def _take_batch(channel: ServerChannel, handler: Handler) -> bool:
-        """Deliver `channel`'s held-back completions, then serve up to BATCH of its commands;
-        True if any command was taken."""
+        """Deliver `channel`'s held-back completions, then take up to BATCH of its commands
+        at once (one head store) and serve them one after the other, with no scheduler pass
+        in between; the completions of those answered inline are staged and published
+        together at the end (one tail store, one wake-up). True if any command was taken."""
         side = channel.side
         if side.pending and side.flush():
             doorbell.ring(channel.cq_efd)
             side.stats[ServerStat.WAKEUPS_SENT] += 1
-        worked = False
-        for _ in range(BATCH):
-            item = side.take()
-            if item is None:
-                break
-            worked = True
-            if isinstance(item, Rejected):
-                channel.complete(item.tag, item.status)
-            else:
-                if item.buf != NO_BUFFER:
-                    channel._bufs[item.tag] = item.buf
-                serve_command(handler, channel, item)
-            if channel.closed:  # a completion (corrupt CQ head) or the handler closed it
-                break
-        return worked
+        items = side.take_many(BATCH)
+        if not items:
+            return False
+        bufs = channel._bufs
+        channel._staging = True
+        try:
+            for item in items:
+                if isinstance(item, Rejected):
+                    channel.complete(item.tag, item.status)
+                else:
+                    if item.buf != NO_BUFFER:
+                        bufs[item.tag] = item.buf
+                    serve_command(handler, channel, item)
+                if channel.closed:  # a completion (corrupt CQ head) or the handler closed it
+                    break
+        finally:
+            channel._staging = False
+            channel.publish()
+        return True
 
     @staticmethod
     def _stalled(side: ServerSide) -> bool:

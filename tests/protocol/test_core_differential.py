@@ -65,9 +65,10 @@ good = [
     st.tuples(st.just("post"), small, good_body, st.just(NO_BUFFER), st.just(0), good_fields),
     st.tuples(st.just("post"), small, good_body, st.integers(0, 1), small, good_fields),
     st.tuples(st.just("take")),
+    st.tuples(st.just("take_many"), st.integers(1, G.sq_entries + 1)),
     st.tuples(st.just("reap")),
     st.tuples(
-        st.just("complete"),
+        st.sampled_from(["complete", "stage"]),
         st.integers(1, 12),
         st.sampled_from([0, -2, -5]),
         good_body,
@@ -75,12 +76,14 @@ good = [
         st.just(NO_BUFFER),
         small,
     ),
+    st.tuples(st.just("publish")),
 ]
 #: ...and everything else a caller or a hostile peer can do.
 hostile = [
     st.tuples(st.just("post"), u16, bodies, buf_index, data_len, fields),
+    st.tuples(st.just("take_many"), st.integers(-2, 2 * G.sq_entries)),
     st.tuples(
-        st.just("complete"),
+        st.sampled_from(["complete", "stage"]),
         st.one_of(small, u64),
         st.one_of(st.integers(-140, 2), i32),
         bodies,
@@ -103,6 +106,9 @@ hostile = [
 good.append(  # post, take, complete what was taken, reap: the whole round trip in one step
     st.tuples(st.just("trip"), small, good_body, st.sampled_from([0, -2]), good_body, small)
 )
+good.append(  # the poller's batch: post n, take_many, stage each, publish, reap all
+    st.tuples(st.just("batch"), st.integers(1, G.sq_entries), good_body, st.integers(0, 6))
+)
 ops = st.integers(0, 9).flatmap(
     lambda i: st.one_of(*good) if i < 7 else st.one_of(*hostile)  # mostly well-formed
 )
@@ -122,16 +128,22 @@ class Pair:
         actions: dict[str, Callable[[], object]] = {
             "post": lambda: c.post(*args),
             "take": s.take,
+            "take_many": lambda: s.take_many(args[0]),
             "reap": c.reap,
             "complete": lambda: s.complete(
                 args[0], args[1], args[2], data_len=args[3], buf=args[4], value=args[5]
             ),
+            "stage": lambda: s.stage(
+                args[0], args[1], args[2], data_len=args[3], buf=args[4], value=args[5]
+            ),
+            "publish": s.publish,
             "flush": s.flush,
             "park": lambda: (s.sq if args[0] == "server" else c.cq).prepare_park(),
             "word": lambda: self._poke_word(*args),
             "slot": lambda: self._poke_slot(*args),
             "token": lambda: setattr(c, "token", args[0]),
             "trip": lambda: self._trip(*args),
+            "batch": lambda: self._batch(*args),
         }
         try:
             return _comparable(actions[kind]())
@@ -145,6 +157,16 @@ class Pair:
         if isinstance(taken, tuple):
             s.complete(taken.tag, status, reply, value=value)
         return posted, _comparable(taken), _comparable(c.reap())
+
+    def _batch(self, n: int, body: bytes, limit: int) -> object:
+        c, s = self.client, self.server
+        posted = [c.post(1, body, NO_BUFFER, 0, (0, i, 0, 0, 0, 0, 0, 0, 0)) for i in range(n)]
+        taken = s.take_many(limit)
+        for item in taken:
+            s.stage(item.tag, -2 if isinstance(item, sides_pure.Rejected) else 0, body, value=n)
+        woken = s.publish()
+        reaped = [_comparable(c.reap()) for _ in range(len(taken) + 1)]
+        return posted, [_comparable(item) for item in taken], woken, reaped
 
     def _poke_word(self, offset: int, value: int) -> None:
         self.region.words[offset // 8] = value
@@ -174,6 +196,7 @@ class Pair:
             s.sq.head,
             s.cq.tail,
             s.outstanding,
+            s.staged,
             list(s.pending),
         )
 
@@ -183,6 +206,8 @@ def _comparable(result: object) -> object:
         return ("Rejected", result.tag, result.status)
     if isinstance(result, tuple):  # Command / Completion: the tuple plus its type
         return (type(result).__name__, *result)
+    if isinstance(result, list):  # take_many
+        return [_comparable(item) for item in result]
     return result
 
 
@@ -266,6 +291,10 @@ def test_a_closed_region_is_an_error_not_a_dangling_mapping(sides: Any) -> None:
     region = Region.create(G)
     client, server = sides.ClientSide(region, TOKEN), sides.ServerSide(region, TOKEN)
     client.post(1, b"", NO_BUFFER, 0, (0,) * 9)
+    client.post(1, b"", NO_BUFFER, 0, (0,) * 9)
+    taken = server.take()
+    assert taken is not None
+    server.stage(taken.tag, 0)  # staged, not yet published when the region goes
     release_views(client)
     release_views(server)
     region.close()
@@ -274,10 +303,68 @@ def test_a_closed_region_is_an_error_not_a_dangling_mapping(sides: Any) -> None:
         lambda: client.post(1, b"", NO_BUFFER, 0, (0,) * 9),
         client.reap,
         server.take,
+        lambda: server.take_many(4),
         lambda: server.complete(1, 0),
+        lambda: server.stage(1, 0),
+        server.publish,
         client.sq.free_slots,
         server.sq.prepare_park,
     ]
     for call in calls:
         with pytest.raises(ValueError, match="released"):
             call()
+
+
+@pytest.mark.parametrize("sides", [sides_pure, sides_compiled])
+def test_a_batch_is_one_head_store_and_one_tail_store(sides: Any) -> None:
+    """take_many hands its slots back with one head store; staged completions stay invisible
+    to the client (the CQ tail word does not move) until publish stores the tail once."""
+    region = Region.create(G)
+    words = region.words
+    try:
+        client, server = sides.ClientSide(region, TOKEN), sides.ServerSide(region, TOKEN)
+        tags = [client.post(1, pack_body(i), NO_BUFFER, 0, (0,) * 9)[0] for i in range(3)]
+        assert [c.tag for c in server.take_many(2)] == tags[:2]
+        assert words[layout.SQ_HEAD // 8] == 2 and server.sq.head == 2
+        assert [c.tag for c in server.take_many(8)] == [tags[2]]  # only what is ready
+        assert words[layout.SQ_HEAD // 8] == 3
+        assert server.take_many(8) == []
+        for tag in tags:
+            server.stage(tag, 0, pack_body(tag), value=tag)
+        assert server.staged == 3 and server.cq.tail == 3
+        assert words[layout.CQ_TAIL // 8] == 0  # nothing published yet
+        assert client.reap() is None
+        client.cq.prepare_park()  # the client sleeps: the one publish must say "wake it"
+        assert server.publish() is True
+        assert words[layout.CQ_TAIL // 8] == 3 and server.staged == 0
+        assert [client.reap().value for _ in tags] == tags  # type: ignore[union-attr]
+        assert server.publish() is False  # nothing staged: no store, no wake-up
+    finally:
+        release_views(client)
+        release_views(server)
+        region.close()
+
+
+@pytest.mark.parametrize("sides", [sides_pure, sides_compiled])
+def test_take_many_keeps_the_cq_promise(sides: Any) -> None:
+    """A batch never takes more commands than the CQ has free slots for, counting the
+    completions staged and the commands still outstanding."""
+    g = Geometry(sq_entries=8, cq_entries=4, slot_size=256, buf_count=2, buf_size=4096)
+    region = Region.create(g)
+    try:
+        client, server = sides.ClientSide(region, TOKEN), sides.ServerSide(region, TOKEN)
+        client.max_in_flight = 8  # a client that ignores the CQ's size
+        for _ in range(8):
+            client.post(1, b"", NO_BUFFER, 0, (0,) * 9)
+        first = server.take_many(16)
+        assert len(first) == 4 and server.outstanding == 4
+        assert server.take_many(16) == []
+        server.stage(first[0].tag, 0)
+        assert server.take_many(16) == []  # the staged one holds its CQ slot
+        server.publish()
+        assert client.reap() is not None
+        assert len(server.take_many(16)) == 1
+    finally:
+        release_views(client)
+        release_views(server)
+        region.close()
