@@ -227,7 +227,8 @@ class Backend:
                 status, reply = self._execute(spec, req)
         except Exception as exc:
             status, reply = status_of(exc), None
-        if spec.changes is None:  # nothing any mount caches: complete at once
+        if spec.changes is None and cmd.opcode not in LOOKS_UP:
+            # nothing any mount caches, no directory to start watching: complete at once
             self._complete(channel, cmd.tag, status, reply)
         else:
             self._finish(spec, req, status, reply)

@@ -152,7 +152,8 @@ async def test_trio_answers_reaped_inline_still_yield(server: EchoServer) -> Non
                     assert reply.body == [i]
                 done.set()
             assert client.inline_reaps > 0
-            assert other_ran >= calls // limits.INLINE_REAP_RUN
+            # the other task first runs at the caller's first pass through the scheduler
+            assert other_ran >= calls // limits.INLINE_REAP_RUN - 1
             sent = client.side.stats[ClientStat.COMMANDS]
             with trio.CancelScope() as scope:
                 scope.cancel()
