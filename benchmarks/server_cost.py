@@ -40,6 +40,7 @@ from channel.protocol.layout import Geometry, Region
 from channel.protocol.opcodes import ROOT_INO, Op
 from channel.protocol.sides import IMPLEMENTATION, ClientSide
 from channel.transport import doorbell
+from channel.transport.server_api import Identity
 from channel.transport.shm_server import Poller, ServerChannel
 
 TOKEN = bytes(range(16))
@@ -63,8 +64,8 @@ async def run(kind: str, batch: int, rounds: int, export: str) -> float:
     me = PeerCredentials(os.getpid(), os.getuid(), os.getgid(), tuple(os.getgroups()))
     channel = ServerChannel(
         trio.socket.from_stdlib_socket(ours), Region.attach(os.dup(region.fd), geometry),
-        doorbell.make_eventfd(), doorbell.make_eventfd(), token=TOKEN, creds=me, peer=me,
-        role="app", channel_id=1,
+        doorbell.make_eventfd(), doorbell.make_eventfd(),
+        Identity(token=TOKEN, creds=me, peer=me, role="app", channel_id=1),
     )  # fmt: skip
     client = ClientSide(region, TOKEN)
     backend = Backend(export)
