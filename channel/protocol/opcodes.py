@@ -120,9 +120,6 @@ HOLDS_DESCRIPTOR = frozenset(
 )  # fmt: skip
 #: Opens a file or directory handle (counted against the channel's and its user's limits).
 OPENS_HANDLE = frozenset({Op.OPEN, Op.CREATE, Op.OPENDIR, Op.RESTORE_HANDLE})
-#: Answered when something happens, not soon: a client does not spin for these answers, and
-#: one in flight does not count as a call being pipelined behind another.
-LONG_POLLS = frozenset({Op.WATCH})
 
 
 def mutates(opcode: int, body: object) -> bool:

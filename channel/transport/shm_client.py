@@ -28,7 +28,6 @@ from channel.protocol import limits
 from channel.protocol.codec import NO_BUFFER, Completion, HeaderFields, max_command_body
 from channel.protocol.errors import ChannelClosed
 from channel.protocol.layout import ClientStat
-from channel.protocol.opcodes import LONG_POLLS
 from channel.protocol.sides import ClientSide
 from channel.transport import doorbell, handshake_io
 from channel.transport.calls import (
@@ -213,15 +212,12 @@ class BlockingClient(_Endpoint, BlockingCalls):
 class _Waiter(Waiter):
     """A shared-memory call in flight also holds its data buffer and maybe a buffer permit."""
 
-    __slots__ = ("buf", "long_poll", "owns_buffer_permit")
+    __slots__ = ("buf", "owns_buffer_permit")
 
-    def __init__(
-        self, buf: int, read_size: int, dest: memoryview | None, permit: bool, long_poll: bool
-    ) -> None:
+    def __init__(self, buf: int, read_size: int, dest: memoryview | None, permit: bool) -> None:
         super().__init__(read_size, dest)
         self.buf = buf
         self.owns_buffer_permit = permit
-        self.long_poll = long_poll
 
 
 async def _acquire(semaphore: trio.Semaphore) -> None:
@@ -255,9 +251,6 @@ class TrioClient(_Endpoint, AsyncEnd[_Waiter], AsyncCalls):
         self._tsock = trio.socket.from_stdlib_socket(conn.sock)
         self._inline_run = 0
         self._reaper_parked = False
-        #: tasks inside `call`, and those of their calls in flight that are long polls
-        self._callers = 0
-        self._long_polls = 0
         #: calls whose answer was reaped inline, without a scheduler pass
         self.inline_reaps = 0
 
@@ -287,53 +280,44 @@ class TrioClient(_Endpoint, AsyncEnd[_Waiter], AsyncCalls):
 
     async def _call(self, request: Request) -> Reply:
         opcode, packed, data, read_size, dest, need_buf, fields = request
-        self._callers += 1
+        # A cancel point, not a schedule point: an answer reaped inline returns without one.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        if need_buf:
+            await _acquire(self._buffer_permits)
         try:
-            # A cancel point, not a schedule point: an answer reaped inline returns without one.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self._check_open()
+            await _acquire(self._slots)
+        except BaseException:
             if need_buf:
-                await _acquire(self._buffer_permits)
-            try:
-                await _acquire(self._slots)
-            except BaseException:
-                if need_buf:
-                    self._buffer_permits.release()
-                raise
-            # From here the permits belong to the waiter; whoever finishes it releases them.
-            if self.closed:
-                self._finish(_Waiter(NO_BUFFER, 0, None, need_buf, False))
-                raise ChannelClosed("the channel is closed")
-            buf = NO_BUFFER
-            if need_buf:
-                acquired = self.side.acquire_buffer()
-                assert acquired is not None  # the buffer permits mirror the free list
-                buf = acquired
-            long_poll = opcode in LONG_POLLS
-            waiter = _Waiter(buf, read_size, dest, need_buf, long_poll)
-            tag = self._submit(opcode, packed, buf, data, fields)
-            self._waiters[tag] = waiter
-            self._long_polls += long_poll
-            # Spin for the answer only when no other task is calling (long polls aside): with
-            # tasks pipelining, a spinning caller would hold back the others' next commands
-            # and so serialise them; park instead, and let the reaper deliver.
-            if self._callers - self._long_polls == 1 and self._reap_inline(waiter):
-                self._inline_run += 1
-                if self._inline_run >= limits.INLINE_REAP_RUN:
-                    self._inline_run = 0
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                return self._answer(waiter)
-            self._work.set()
-            try:
-                await waiter.event.wait()
-            except BaseException:
-                # Cancelled while in flight: the reaper retires it when the server answers (the
-                # server may still write into its buffer until then).
-                waiter.dest = None
-                raise
+                self._buffer_permits.release()
+            raise
+        # From here the permits belong to the waiter; whoever finishes it releases them.
+        if self.closed:
+            self._finish(_Waiter(NO_BUFFER, 0, None, need_buf))
+            raise ChannelClosed("the channel is closed")
+        buf = NO_BUFFER
+        if need_buf:
+            acquired = self.side.acquire_buffer()
+            assert acquired is not None  # the buffer permits mirror the free list
+            buf = acquired
+        waiter = _Waiter(buf, read_size, dest, need_buf)
+        tag = self._submit(opcode, packed, buf, data, fields)
+        self._waiters[tag] = waiter
+        if self._reap_inline(waiter):
+            self._inline_run += 1
+            if self._inline_run >= limits.INLINE_REAP_RUN:
+                self._inline_run = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return self._answer(waiter)
-        finally:
-            self._callers -= 1
+        self._work.set()
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            # Cancelled while in flight: the reaper retires it when the server answers (the
+            # server may still write into its buffer until then).
+            waiter.dest = None
+            raise
+        return self._answer(waiter)
 
     @staticmethod
     def _answer(waiter: _Waiter) -> Reply:
@@ -399,7 +383,6 @@ class TrioClient(_Endpoint, AsyncEnd[_Waiter], AsyncCalls):
         waiter.event.set()
 
     def _finish(self, waiter: _Waiter) -> None:
-        self._long_polls -= waiter.long_poll
         if waiter.buf != NO_BUFFER:
             self.side.release_buffer(waiter.buf)
         if waiter.owns_buffer_permit:
@@ -413,10 +396,8 @@ class TrioClient(_Endpoint, AsyncEnd[_Waiter], AsyncCalls):
             self._fail(ChannelClosed(f"the channel broke: {exc}"))
 
     async def _reap_forever(self) -> None:
-        side, waiters, cq, clock = self.side, self._waiters, self.side.cq, self.clock
+        side, waiters, cq = self.side, self._waiters, self.side.cq
         timeout = limits.SLEEP_BOUND
-        delivered = False
-        spin_until = 0.0
         while True:
             if not waiters:
                 self._work = trio.Event()
@@ -426,20 +407,6 @@ class TrioClient(_Endpoint, AsyncEnd[_Waiter], AsyncCalls):
             if completion is not None:
                 self._deliver(completion)
                 timeout = limits.SLEEP_BOUND
-                delivered = True
-                continue
-            if delivered:
-                # Pipelining callers: those just woken send their next commands when they
-                # run, while the server works on the rest; look again after them, and keep
-                # looking (yielding the CPU between looks) for INLINE_REAP_SPIN after the
-                # last answer before parking, so a stream of answers costs no wake-ups.
-                delivered = False
-                spin_until = _perf_counter() + limits.INLINE_REAP_SPIN
-                await trio.lowlevel.checkpoint()
-                continue
-            if not clock.should_park() and _perf_counter() < spin_until:
-                _yield_cpu()
-                await trio.lowlevel.checkpoint()
                 continue
             # The answers still awaited are far off (near ones are reaped by their callers):
             # park at once. While one of our commands sits unconsumed on the SQ, sleep
