@@ -17,20 +17,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _probe(*args: str) -> str:
+    """Run a probe under benchmarks/; its output, once it exited 0."""
+    done = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @pytest.mark.parametrize("kind", ["nop", "read", "bare"])
 def test_server_cost_probe_runs(kind: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/server_cost.py", kind, "4", "25"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert f"{kind} batch=4: 100 commands" in done.stdout
+    assert f"{kind} batch=4: 100 commands" in _probe("benchmarks/server_cost.py", kind, "4", "25")
 
 
 def test_sides_cost_probe_runs() -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/sides_cost.py", "200"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "200 round trips" in done.stdout
+    assert "200 round trips" in _probe("benchmarks/sides_cost.py", "200")
